@@ -1,0 +1,1 @@
+//! opencti-stream-exporter: a durable OpenCTI live-stream exporter.
