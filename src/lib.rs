@@ -1,1 +1,17 @@
-//! opencti-stream-exporter: a durable OpenCTI live-stream exporter.
+//! opencti-stream-exporter: exports an OpenCTI live stream, durably and in order, as the numbered
+//! NDJSON files that OpenCTI's stock `stream-importer` reads on the other side of an air gap.
+//!
+//! Data flows one way, one module per stage:
+//! [`stream`] (SSE client) → [`transform`] (exported line) → [`pipeline`] (WAL group commit,
+//! compactor, uploader) → [`sink`] (S3 or a directory). The write-ahead log is the `wal` crate.
+//! [`simulator`] stands in for OpenCTI in tests, benchmarks and the demo.
+
+pub mod backoff;
+pub mod config;
+pub mod pipeline;
+pub mod secret;
+pub mod simulator;
+pub mod sink;
+pub mod stream;
+pub mod tls;
+pub mod transform;

@@ -1,1 +1,3 @@
+//! The opencti-stream-exporter binary (placeholder until the CLI lands).
+
 fn main() {}

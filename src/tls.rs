@@ -1,0 +1,1 @@
+//! TLS settings shared by the OpenCTI and S3 clients (placeholder).
