@@ -45,6 +45,8 @@ pub enum Reply {
     Body(&'static str, Bytes),
     /// A 302 to this location.
     Redirect(String),
+    /// A 200 with this body, sent only once a permit of the semaphore is available.
+    Gated(Arc<tokio::sync::Semaphore>, Bytes),
 }
 
 pub enum End {
@@ -142,6 +144,10 @@ async fn serve(State(state): State<StandInState>, request: AxumRequest) -> Respo
     } else {
         Reply::Status(404, "Not Found")
     };
+    if let Reply::Gated(gate, body) = reply {
+        let _permit = gate.acquire().await;
+        return respond(Reply::Body("application/octet-stream", body));
+    }
     respond(reply)
 }
 
@@ -177,6 +183,7 @@ fn respond(reply: Reply) -> Response {
                 .insert("content-type", content_type.parse().expect("valid header"));
             response
         }
+        Reply::Gated(_, body) => Response::new(Body::from(body)),
         Reply::Redirect(location) => {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::FOUND;
