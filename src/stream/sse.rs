@@ -231,12 +231,16 @@ impl SseFramer {
             return;
         }
         if self.partial_line.len().saturating_add(bytes.len()) > self.max_event_bytes {
+            let is_comment = self.partial_line.first().or(bytes.first()) == Some(&b':');
             self.event_bytes = self
                 .event_bytes
                 .saturating_add((self.partial_line.len() + bytes.len()) as u64);
             self.partial_line = BytesMut::new();
             self.skipping_line = true;
-            self.mark_oversized();
+            // A long comment is dropped like any comment; any other long line spoils the event.
+            if !is_comment {
+                self.mark_oversized();
+            }
             return;
         }
         self.partial_line.extend_from_slice(bytes);
