@@ -77,17 +77,54 @@ async fn upload_parts_and_complete(
         )
     })?;
     let source = body.clone();
-    let mut reader = tokio::task::spawn_blocking(move || source.open_checked())
+    let reader = tokio::task::spawn_blocking(move || source.open_checked())
         .await
         .map_err(|join| SinkError::new(SinkErrorKind::Io, format!("{what}: {join}")))?
         .map_err(|err| body_error(&err, what))?;
 
     let mut uploads: JoinSet<Result<CompletedPart, SinkError>> = JoinSet::new();
+    let result = upload_parts(sink, key, upload_id, what, part_size, reader, &mut uploads).await;
+    if result.is_err() {
+        // Let the parts still in flight end (each is bounded by the idle timeout) before the
+        // caller aborts the upload: a part stored after the abort would stay on the server.
+        while uploads.join_next().await.is_some() {}
+    }
+    let mut completed = result?;
+    completed.sort_by_key(|part| part.part_number());
+
+    sink.client
+        .complete_multipart_upload()
+        .bucket(&sink.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|err| classify(&err, &format!("{what}: completing the multipart upload")))?;
+    Ok(())
+}
+
+/// Reads the body part by part and uploads the parts, at most `part_concurrency` at once;
+/// returns them all once uploaded.
+#[allow(clippy::too_many_arguments)]
+async fn upload_parts(
+    sink: &S3Sink,
+    key: &str,
+    upload_id: &str,
+    what: &str,
+    part_size: usize,
+    mut reader: CheckedReader,
+    uploads: &mut JoinSet<Result<CompletedPart, SinkError>>,
+) -> Result<Vec<CompletedPart>, SinkError> {
     let mut completed = Vec::new();
     let mut part_number: i32 = 0;
     loop {
         while uploads.len() >= sink.part_concurrency {
-            completed.push(join_next(&mut uploads, what).await?);
+            completed.push(join_next(uploads, what).await?);
         }
         let (returned, part) = tokio::task::spawn_blocking(move || {
             let part = read_part(&mut reader, part_size);
@@ -112,24 +149,9 @@ async fn upload_parts_and_complete(
         }
     }
     while !uploads.is_empty() {
-        completed.push(join_next(&mut uploads, what).await?);
+        completed.push(join_next(uploads, what).await?);
     }
-    completed.sort_by_key(|part| part.part_number());
-
-    sink.client
-        .complete_multipart_upload()
-        .bucket(&sink.bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(completed))
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|err| classify(&err, &format!("{what}: completing the multipart upload")))?;
-    Ok(())
+    Ok(completed)
 }
 
 /// Reads the next part: up to `part_size` bytes, with their MD5, and whether the body is
