@@ -1,0 +1,392 @@
+//! The bytes of one upload: [`BodySource`], a reopenable reader of known length and MD5, and
+//! the machinery that streams it without holding it in memory and without ever completing an
+//! upload whose bytes do not match.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use tokio::sync::mpsc;
+
+use super::{SinkError, SinkErrorKind};
+
+type OpenFn = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
+
+/// The bytes of one object: their length and MD5, known in advance, and a way to read them,
+/// as many times as needed (each attempt opens a fresh reader).
+///
+/// For a plain NDJSON upload the uploader gives a reader that decompresses the zstd segment as
+/// it goes (the raw length and MD5 are in the segment's metadata); for `.json.zst` uploads, the
+/// stored file. Readers are blocking: sinks call them on tokio's blocking pool.
+///
+/// A reader may report corruption by failing (for example `io::ErrorKind::InvalidData` at EOF
+/// when the segment's checksum does not match): the upload then fails with
+/// [`SinkErrorKind::Integrity`] and nothing is stored. Sinks also check `len` and `md5`
+/// themselves while streaming.
+#[derive(Clone)]
+pub struct BodySource {
+    /// Length in bytes.
+    pub len: u64,
+    /// MD5 of the bytes (sent as `Content-MD5`).
+    pub md5: [u8; 16],
+    open: Arc<OpenFn>,
+}
+
+impl BodySource {
+    /// A body of `len` bytes with MD5 `md5`, read through readers made by `open`.
+    pub fn new(
+        len: u64,
+        md5: [u8; 16],
+        open: impl Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            len,
+            md5,
+            open: Arc::new(open),
+        }
+    }
+
+    /// A body held in memory (computes its MD5). For small objects and tests.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        let bytes: Bytes = bytes.into();
+        let md5: [u8; 16] = Md5::digest(&bytes).into();
+        let len = bytes.len() as u64;
+        Self::new(len, md5, move || {
+            Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
+        })
+    }
+
+    /// A fresh reader positioned at the first byte.
+    ///
+    /// # Errors
+    /// Whatever the body's `open` function reports.
+    pub fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        (self.open)()
+    }
+
+    /// The MD5 in base64, as the `Content-MD5` header wants it.
+    pub fn md5_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.md5)
+    }
+
+    /// A reader that yields this body's bytes and fails instead of reaching EOF when they are
+    /// not exactly `len` bytes with MD5 `md5`.
+    pub(crate) fn open_checked(&self) -> io::Result<CheckedReader> {
+        Ok(CheckedReader::new(self.open()?, self.len, self.md5))
+    }
+}
+
+impl fmt::Debug for BodySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodySource")
+            .field("len", &self.len)
+            .field("md5", &self.md5_base64())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error a [`CheckedReader`] returns when the bytes are not what the body declared.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BodyMismatch(String);
+
+/// Wraps a body reader: counts and hashes the bytes, fails as soon as there are more than
+/// `len`, and at EOF fails unless exactly `len` bytes with the expected MD5 went through.
+pub(crate) struct CheckedReader {
+    inner: Box<dyn Read + Send>,
+    expected_len: u64,
+    expected_md5: [u8; 16],
+    read: u64,
+    hasher: Md5,
+}
+
+impl CheckedReader {
+    fn new(inner: Box<dyn Read + Send>, expected_len: u64, expected_md5: [u8; 16]) -> Self {
+        Self {
+            inner,
+            expected_len,
+            expected_md5,
+            read: 0,
+            hasher: Md5::new(),
+        }
+    }
+
+    /// Bytes not read yet, according to the declared length.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.expected_len.saturating_sub(self.read)
+    }
+
+    /// Fills `buf` completely, or up to EOF; returns how many bytes were read (0 only at EOF,
+    /// which is then checked).
+    pub(crate) fn read_full(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// Reads once more and succeeds only at a clean, checked EOF.
+    pub(crate) fn confirm_eof(&mut self) -> io::Result<()> {
+        let mut probe = [0u8; 1];
+        loop {
+            match self.read(&mut probe) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(mismatch(format!(
+                        "the body is longer than its declared {} bytes",
+                        self.expected_len
+                    )));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    fn check_at_eof(&mut self) -> io::Result<()> {
+        if self.read != self.expected_len {
+            return Err(mismatch(format!(
+                "the body ended after {} bytes, {} were declared",
+                self.read, self.expected_len
+            )));
+        }
+        let actual: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
+        if actual != self.expected_md5 {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            return Err(mismatch(format!(
+                "the body's MD5 is {}, {} was declared",
+                b64.encode(actual),
+                b64.encode(self.expected_md5)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn mismatch(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, BodyMismatch(message))
+}
+
+impl Read for CheckedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.check_at_eof()?;
+            return Ok(0);
+        }
+        self.read += n as u64;
+        if self.read > self.expected_len {
+            return Err(mismatch(format!(
+                "the body is longer than its declared {} bytes",
+                self.expected_len
+            )));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Classifies an error of a body reader: corruption (`InvalidData`, a length or MD5 mismatch,
+/// an early EOF) is [`SinkErrorKind::Integrity`], anything else [`SinkErrorKind::Io`].
+pub(crate) fn body_error(err: &io::Error, what: &str) -> SinkError {
+    let kind = match err.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => SinkErrorKind::Integrity,
+        _ => SinkErrorKind::Io,
+    };
+    SinkError::new(kind, format!("{what}: reading the body failed: {err}"))
+}
+
+/// Size of the chunks read from a body and handed to the HTTP client.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks read ahead of the HTTP client: with [`CHUNK_BYTES`], at most 1 MiB in this queue.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Streams `source` as an HTTP body, reading it on the blocking pool, at most a few chunks
+/// ahead of the network.
+///
+/// The last chunk is released only after the reader reached a checked EOF (exact length,
+/// matching MD5, no error from the reader): a body that turns out to be corrupt ends the
+/// request with an error before the server has received all the declared bytes, so the server
+/// cannot store it. The first failure is also recorded in `failure`, where the caller finds the
+/// precise, classified reason (the HTTP client only reports "body error").
+pub(crate) fn stream_body(
+    source: &BodySource,
+    what: String,
+    failure: Arc<OnceLock<SinkError>>,
+) -> StreamingBody {
+    let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
+    let source = source.clone();
+    let len = source.len;
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = produce_chunks(&source, &sender) {
+            let error = body_error(&err, &what);
+            let _ = failure.set(error);
+            // The receiver may be gone already (request aborted): nothing else to tell.
+            let _ = sender.blocking_send(Err(err));
+        }
+    });
+    StreamingBody {
+        receiver,
+        remaining: len,
+    }
+}
+
+/// Reads `source` in chunks into `sender`. Returns early and quietly when the receiver is
+/// dropped (the request ended).
+fn produce_chunks(source: &BodySource, sender: &mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
+    let mut reader = source.open_checked()?;
+    loop {
+        let want = usize::try_from(reader.remaining())
+            .unwrap_or(usize::MAX)
+            .min(CHUNK_BYTES);
+        let mut chunk = vec![0u8; want];
+        let n = if want == 0 {
+            0
+        } else {
+            reader.read_full(&mut chunk)?
+        };
+        if n < want {
+            // EOF before the declared length: this read_full already checked it and failed,
+            // unless the reader is broken in a way that returned 0 without error.
+            return Err(mismatch(format!(
+                "the body ended before its declared {} bytes",
+                source.len
+            )));
+        }
+        chunk.truncate(n);
+        if reader.remaining() == 0 {
+            // Hold the last bytes back until the body is proven complete and intact.
+            reader.confirm_eof()?;
+            if n > 0 {
+                let _ = sender.blocking_send(Ok(Bytes::from(chunk)));
+            }
+            return Ok(());
+        }
+        if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// An HTTP body fed by [`stream_body`]'s blocking reader. Its exact length is known, so the
+/// request carries a `Content-Length` (no chunked encoding, which S3 servers refuse).
+pub(crate) struct StreamingBody {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl http_body::Body for StreamingBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        match self.receiver.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) if self.remaining == 0 => Poll::Ready(None),
+            Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the body reader stopped before the declared length",
+            )))),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(body: &BodySource) -> io::Result<Vec<u8>> {
+        let mut reader = body.open_checked()?;
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_matching_body_reads_through() {
+        let body = BodySource::from_bytes(&b"hello\n"[..]);
+        assert_eq!(drain(&body).unwrap(), b"hello\n");
+    }
+
+    #[test]
+    fn a_wrong_md5_fails_at_eof() {
+        let good = BodySource::from_bytes(&b"hello\n"[..]);
+        let bad = BodySource::new(6, [0; 16], || {
+            Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
+        });
+        assert_ne!(good.md5, bad.md5);
+        let err = drain(&bad).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("MD5"), "{err}");
+    }
+
+    #[test]
+    fn a_short_or_long_body_fails() {
+        let md5 = BodySource::from_bytes(&b"abc"[..]).md5;
+        let short = BodySource::new(4, md5, || {
+            Ok(Box::new(io::Cursor::new(b"abc".to_vec())) as Box<dyn Read + Send>)
+        });
+        assert!(
+            drain(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("ended after 3")
+        );
+        let long = BodySource::new(2, md5, || {
+            Ok(Box::new(io::Cursor::new(b"abc".to_vec())) as Box<dyn Read + Send>)
+        });
+        assert!(drain(&long).unwrap_err().to_string().contains("longer"));
+    }
+
+    #[tokio::test]
+    async fn streaming_withholds_the_last_chunk_of_a_corrupt_body() {
+        use http_body_util::BodyExt;
+        let len = CHUNK_BYTES * 3 + 17;
+        let data = vec![7u8; len];
+        let body = BodySource::new(len as u64, [0; 16], move || {
+            Ok(Box::new(io::Cursor::new(data.clone())) as Box<dyn Read + Send>)
+        });
+        let failure = Arc::new(OnceLock::new());
+        let mut stream = stream_body(&body, "PUT test".into(), failure.clone());
+        let mut received = 0usize;
+        let mut saw_error = false;
+        while let Some(frame) = stream.frame().await {
+            match frame {
+                Ok(frame) => received += frame.into_data().map(|d| d.len()).unwrap_or(0),
+                Err(_) => {
+                    saw_error = true;
+                    break;
+                }
+            }
+        }
+        assert!(saw_error);
+        assert!(received < len, "all {len} bytes were released");
+        assert_eq!(
+            failure.get().map(|e| e.kind),
+            Some(SinkErrorKind::Integrity)
+        );
+    }
+}
