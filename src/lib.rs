@@ -7,11 +7,17 @@
 //! [`simulator`] stands in for OpenCTI in tests, benchmarks and the demo.
 
 pub mod backoff;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod daemon;
+pub mod logging;
 pub mod pipeline;
+pub mod readback;
 pub mod secret;
 pub mod simulator;
 pub mod sink;
+pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod transform;

@@ -1,3 +1,115 @@
-//! The opencti-stream-exporter binary (placeholder until the CLI lands).
+//! The `opencti-stream-exporter` binary: parses the command line, loads the configuration and
+//! dispatches. Exit codes: 0 on success (including a clean stop on SIGTERM/SIGINT), 1 on a
+//! runtime failure, 2 on a configuration or usage error (one line naming the variable).
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use opencti_stream_exporter::cli::{Cli, Command};
+use opencti_stream_exporter::config::{Config, ConfigError, LogFormat, Source};
+use opencti_stream_exporter::{commands, daemon, logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let config_path = cli.config.clone();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let (config, source) = match load_config(config_path.as_ref()) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            logging::init(&config.connector.log_level, config.connector.log_format);
+            for note in Config::ignored_settings(&source) {
+                tracing::warn!("{note}");
+            }
+            let cancel = match daemon::shutdown_on_signals() {
+                Ok(cancel) => cancel,
+                Err(err) => return failure(&err),
+            };
+            report(daemon::run(config, cancel).await)
+        }
+        Command::Status(args) => {
+            let (config, _) = match load_config(config_path.as_ref()) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            report(commands::status::run(&config, &args).await)
+        }
+        Command::Demo(args) => {
+            logging::init("info", LogFormat::Text);
+            report(commands::demo::run(&args).await)
+        }
+        Command::Simulate(args) => {
+            logging::init("info", LogFormat::Text);
+            let cancel = match daemon::shutdown_on_signals() {
+                Ok(cancel) => cancel,
+                Err(err) => return failure(&err),
+            };
+            report(opencti_stream_exporter::simulator::run(args, cancel).await)
+        }
+        Command::Verify(args) => {
+            logging::init("warn", LogFormat::Text);
+            // With --dir no configuration is needed; otherwise it names the destination.
+            let config = if args.dir.is_some() {
+                try_load_config(config_path.as_ref()).ok().map(|(config, _)| config)
+            } else {
+                match load_config(config_path.as_ref()) {
+                    Ok((config, _)) => Some(config),
+                    Err(code) => return code,
+                }
+            };
+            report(commands::verify::run(config.as_ref(), &args).await)
+        }
+        Command::ImportState(args) => {
+            let (config, _) = match load_config(config_path.as_ref()) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            report(commands::import_state::run(&config, &args))
+        }
+        Command::Healthcheck(args) => report(commands::healthcheck::run(args.port).await),
+    }
+}
+
+/// Loads and validates the configuration; on a problem prints one line and gives exit code 2.
+fn load_config(path: Option<&PathBuf>) -> Result<(Config, Source), ExitCode> {
+    try_load_config(path).map_err(|err| {
+        eprintln!("configuration error: {err}");
+        ExitCode::from(2)
+    })
+}
+
+fn try_load_config(path: Option<&PathBuf>) -> Result<(Config, Source), ConfigError> {
+    let explicit = path.is_some();
+    let path = path
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("config.yml"));
+    let source = Source::from_process(&path, explicit)?;
+    let config = Config::from_source(&source)?;
+    Ok((config, source))
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => failure(&err),
+    }
+}
+
+fn failure(err: &anyhow::Error) -> ExitCode {
+    tracing::error!("{err:#}");
+    eprintln!("error: {err:#}");
+    ExitCode::from(1)
+}

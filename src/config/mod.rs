@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::secret::Secret;
+pub use crate::sink::{ChecksumPolicy, Compression, S3Settings};
+pub use crate::tls::TlsOptions;
 use settings::Setting;
 pub use source::Source;
 
@@ -45,25 +47,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// How uploaded objects are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain UTF-8 NDJSON `.json`: what the stock `stream-importer` reads (the default).
-    None,
-    /// zstd-compressed `.json.zst`, for consumers that read it.
-    Zstd,
-}
-
-/// Which S3 request checksums the SDK computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checksums {
-    /// Only when an operation requires one; integrity comes from our Content-MD5. Works with
-    /// older MinIO and other S3-compatible servers that reject CRC32 trailers.
-    WhenRequired,
-    /// Whenever the SDK supports one (the SDK's default since 2025).
-    WhenSupported,
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -71,15 +54,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
-}
-
-/// TLS verification settings of one remote endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// Verify the server certificate; `false` accepts any certificate.
-    pub verify: bool,
-    /// Extra CA certificates (PEM) to trust besides the system roots.
-    pub ca_file: Option<PathBuf>,
 }
 
 /// Where and how to reach OpenCTI.
@@ -90,7 +64,7 @@ pub struct OpenCti {
     /// API token.
     pub token: Secret,
     /// TLS verification for the stream, file downloads and the API.
-    pub tls: TlsSettings,
+    pub tls: TlsOptions,
 }
 
 /// The live stream to follow and how to ask for it (reference §1.2–§1.4).
@@ -151,21 +125,15 @@ pub struct S3 {
     /// Signing region.
     pub region: String,
     /// TLS verification.
-    pub tls: TlsSettings,
+    pub tls: TlsOptions,
     /// Which request checksums the SDK adds.
-    pub checksums: Checksums,
+    pub checksums: ChecksumPolicy,
 }
 
 impl S3 {
     /// `http(s)://endpoint:port`.
     pub fn endpoint_url(&self) -> String {
-        let scheme = if self.secure { "https" } else { "http" };
-        let host = if self.endpoint.contains(':') && !self.endpoint.starts_with('[') {
-            format!("[{}]", self.endpoint)
-        } else {
-            self.endpoint.clone()
-        };
-        format!("{scheme}://{host}:{}", self.port)
+        S3Settings::endpoint_url(&self.endpoint, self.port, self.secure)
     }
 }
 
@@ -362,7 +330,7 @@ impl Config {
                 parse::base_url(&value).map_err(|p| ConfigError::new(origin, p))?
             },
             token: r.secret(&s::OPENCTI_TOKEN)?,
-            tls: TlsSettings {
+            tls: TlsOptions {
                 verify: r.with_default(&s::OPENCTI_SSL_VERIFY, parse::boolean)?,
                 ca_file: r.optional_path(&s::OPENCTI_CA_FILE)?,
             },
@@ -481,14 +449,14 @@ impl Config {
                     .map(|(v, _)| v.trim().to_string())
                     .filter(|v| !v.is_empty())
                     .unwrap_or_else(|| "us-east-1".to_string()),
-                tls: TlsSettings {
+                tls: TlsOptions {
                     verify: r.with_default(&s::MINIO_CERT_CHECK, parse::boolean)?,
                     ca_file: r.optional_path(&s::MINIO_CA_FILE)?,
                 },
                 checksums: r.with_default(&s::MINIO_CHECKSUMS, |t| {
                     match t.trim().to_ascii_lowercase().as_str() {
-                        "when_required" => Ok(Checksums::WhenRequired),
-                        "when_supported" => Ok(Checksums::WhenSupported),
+                        "when_required" => Ok(ChecksumPolicy::WhenRequired),
+                        "when_supported" => Ok(ChecksumPolicy::WhenSupported),
                         other => Err(format!(
                             "expected when_required or when_supported, got {other:?}"
                         )),

@@ -67,7 +67,7 @@ fn defaults_match_the_documented_table() {
         panic!("expected S3");
     };
     assert_eq!(s3.endpoint_url(), "http://minio:9000");
-    assert_eq!(s3.checksums, Checksums::WhenRequired);
+    assert_eq!(s3.checksums, ChecksumPolicy::WhenRequired);
     assert!(s3.tls.verify);
     for setting in settings::ALL {
         if let Some(default) = setting.default {

@@ -1,4 +1,246 @@
-//! The daemon's pipeline: WAL writer (committer), compactor and uploader, joined by the WAL.
+//! The daemon's pipeline: stream client → committer (WAL group commit) → compactor (sealing) →
+//! uploader (sink), each a task, joined by a bounded channel or by the WAL itself, so a slow
+//! stage slows the one before it and nothing grows without bound.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the caller's token) runs in stream order: the stream client stops
+//! reading and drops its channel, the committer makes everything it received durable and stops,
+//! the compactor stops, and the uploader finishes its upload in flight within a grace period or
+//! abandons it (the next start uploads it again, same key and bytes).
 
+pub mod budget;
+pub mod committer;
+pub mod compactor;
 pub mod cursor;
 pub mod dead_letter;
+pub mod uploader;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wal::{InitialState, RecoverUntil, Wal, WalError};
+
+use crate::config::parse::format_iso_seconds;
+use crate::sink::Sink;
+use crate::stream::{StreamError, StreamSettings, StreamStats};
+use budget::Budget;
+use committer::{Committer, CommitterStats};
+use compactor::{CompactorSettings, CompactorStats};
+use dead_letter::DeadLetterFile;
+use uploader::{Uploader, UploaderSettings, UploaderStats};
+
+/// What stops the pipeline with an error. Everything else is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The WAL failed a write: it refuses further writes, so the daemon must restart (it then
+    /// resumes from the durable cursor).
+    #[error("the write-ahead log failed: {0}")]
+    Wal(#[source] WalError),
+    /// The dead-letter file could not be written.
+    #[error("cannot write the dead-letter file {path}: {source}")]
+    DeadLetter {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stream client stopped on an error it cannot retry.
+    #[error("the stream client stopped: {0}")]
+    Stream(#[source] StreamError),
+    /// A task of the pipeline panicked or was aborted.
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// How the stream starts the first time (reference §1.4): `start_from` and `recover_until`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirstStart {
+    /// `CONNECTOR_LIVE_STREAM_START_TIMESTAMP`, epoch ms; `None` starts from `0-0`.
+    pub start_timestamp_ms: Option<u64>,
+    /// `CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE`; `None` means the time of the first start.
+    pub recover_iso_date: Option<String>,
+}
+
+/// Seeds a new WAL with the first-start position, as pycti does on its first run: start from
+/// `0-0` (or `<timestamp>-0`) and recover until now (or the configured date), both kept in the
+/// WAL so every later connection sends the same recovery bound. Does nothing to a WAL that
+/// already has a position. Returns whether it seeded.
+pub fn seed_first_start(wal: &Wal, first: &FirstStart, now_ms: u64) -> Result<bool, WalError> {
+    let state = wal.state();
+    if state.cursor.is_some() || state.recover_until != RecoverUntil::Unset || !wal.is_new() {
+        return Ok(false);
+    }
+    let cursor = match first.start_timestamp_ms {
+        Some(ms) => format!("{ms}-0"),
+        None => "0-0".to_string(),
+    };
+    let recover = first
+        .recover_iso_date
+        .clone()
+        .unwrap_or_else(|| format_iso_seconds(now_ms as i64));
+    wal.initialize(InitialState {
+        cursor: Some(cursor),
+        recover_until: RecoverUntil::Date(recover),
+        next_file_number: state.next_file_number,
+        last_sealed_ts_ms: state.last_sealed_ts_ms,
+        extras: state.extras,
+    })?;
+    Ok(true)
+}
+
+/// Tuning of the pipeline stages.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Sealing interval and file size.
+    pub compactor: CompactorSettings,
+    /// Upload naming, retries and shutdown grace.
+    pub uploader: UploaderSettings,
+    /// Capacity of the channel between the stream client and the committer (events).
+    pub queue_size: usize,
+    /// Disk budget.
+    pub max_bytes: u64,
+    /// Size past which the dead-letter file stops recording payloads.
+    pub dead_letter_max_bytes: u64,
+}
+
+/// Counters of every stage, for metrics and status.
+#[derive(Debug, Clone)]
+pub struct PipelineStats {
+    /// Stream client.
+    pub stream: Arc<StreamStats>,
+    /// Committer.
+    pub committer: Arc<CommitterStats>,
+    /// Compactor.
+    pub compactor: Arc<CompactorStats>,
+    /// Uploader.
+    pub uploader: Arc<UploaderStats>,
+    /// Disk budget (pauses, whether reading is paused).
+    pub budget: Arc<Budget>,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    stats: PipelineStats,
+    cancel: CancellationToken,
+    stream: JoinHandle<Result<(), StreamError>>,
+    committer: JoinHandle<Result<(), PipelineError>>,
+    compactor: JoinHandle<()>,
+    uploader: JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Starts every stage. `cancel` stops them (in stream order); a fatal error in a stage
+    /// cancels it too.
+    pub fn start(
+        wal: Wal,
+        sink: Arc<dyn Sink>,
+        stream_settings: StreamSettings,
+        http: reqwest::Client,
+        settings: PipelineSettings,
+        cancel: CancellationToken,
+    ) -> Result<Self, PipelineError> {
+        let dead_letters = DeadLetterFile::open(wal.dir(), settings.dead_letter_max_bytes)
+            .map_err(|source| PipelineError::DeadLetter {
+                path: wal.dir().join(dead_letter::FILE_NAME),
+                source,
+            })?;
+        let budget = Arc::new(Budget::new(settings.max_bytes, settings.compactor.max_bytes));
+        budget.refresh(&wal.disk_usage());
+        let stats = PipelineStats {
+            stream: Arc::new(StreamStats::default()),
+            committer: Arc::new(CommitterStats::default()),
+            compactor: Arc::new(CompactorStats::default()),
+            uploader: Arc::new(UploaderStats::default()),
+            budget: Arc::clone(&budget),
+        };
+        let compactor_wake = Arc::new(Notify::new());
+        let sealed = Arc::new(Notify::new());
+        let (items_tx, items_rx) = mpsc::channel(settings.queue_size.max(1));
+
+        // The stream stops on `cancel`; the committer stops when the stream's channel closes.
+        let stream = tokio::spawn(crate::stream::run(
+            stream_settings,
+            http,
+            items_tx,
+            budget.accepting(),
+            cancel.clone(),
+            Arc::clone(&stats.stream),
+        ));
+        let committer = Committer::new(
+            wal.clone(),
+            dead_letters,
+            Arc::clone(&budget),
+            Arc::clone(&stats.committer),
+            settings.compactor.max_bytes,
+            Arc::clone(&compactor_wake),
+        );
+        let committer_cancel = cancel.clone();
+        let committer = tokio::spawn(async move {
+            let result = committer.run(items_rx).await;
+            if let Err(err) = &result {
+                tracing::error!(error = %err, "stopping: the WAL writer failed");
+                committer_cancel.cancel();
+            }
+            result
+        });
+        let compactor = tokio::spawn(compactor::run(
+            wal.clone(),
+            settings.compactor,
+            compactor_wake,
+            Arc::clone(&sealed),
+            Arc::clone(&stats.compactor),
+            cancel.clone(),
+        ));
+        let uploader = Uploader::new(
+            wal.clone(),
+            sink,
+            settings.uploader,
+            Arc::clone(&budget),
+            Arc::clone(&stats.uploader),
+        );
+        let uploader = tokio::spawn(uploader.run(sealed, cancel.clone()));
+        Ok(Self {
+            stats,
+            cancel,
+            stream,
+            committer,
+            compactor,
+            uploader,
+        })
+    }
+
+    /// Counters of every stage.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    /// Asks every stage to stop (same as cancelling the token given to `start`).
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits until every stage stopped. Returns the first fatal error, if any.
+    pub async fn wait(self) -> Result<(), PipelineError> {
+        let stream = join(self.stream).await;
+        let committer = join(self.committer).await;
+        let compactor = join(self.compactor).await;
+        let uploader = join(self.uploader).await;
+        committer??;
+        stream?.map_err(PipelineError::Stream)?;
+        compactor?;
+        uploader?;
+        Ok(())
+    }
+}
+
+async fn join<T>(handle: JoinHandle<T>) -> Result<T, PipelineError> {
+    handle
+        .await
+        .map_err(|err| PipelineError::Task(err.to_string()))
+}
+
+/// How long an upload in flight may still run after a shutdown request.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -1,0 +1,7 @@
+//! The subcommands other than `run` (which is [`crate::daemon`]).
+
+pub mod demo;
+pub mod healthcheck;
+pub mod import_state;
+pub mod status;
+pub mod verify;

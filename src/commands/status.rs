@@ -1,0 +1,63 @@
+//! `status`: the exporter's position and backlog, read from the WAL. The daemon holds the WAL
+//! while it runs; then the report comes from its `/status` endpoint instead.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wal::WalError;
+
+use crate::cli::StatusArgs;
+use crate::config::Config;
+use crate::status::StatusReport;
+
+/// Prints the status report (text or JSON).
+pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
+    if !config.wal.dir.exists() {
+        bail!(
+            "there is no WAL in {} yet: the exporter has not run with this WAL_DIR",
+            config.wal.dir.display()
+        );
+    }
+    match wal::Wal::open(wal::WalOptions::new(&config.wal.dir, config.wal.max_bytes)) {
+        Ok((wal, _)) => {
+            let report = StatusReport::from_wal(&wal);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+        Err(WalError::Locked { .. }) => from_running_daemon(config, args.json).await,
+        Err(err) => Err(err).with_context(|| format!("opening the WAL in {}", config.wal.dir.display())),
+    }
+}
+
+/// Asks the running daemon's `/status` endpoint.
+async fn from_running_daemon(config: &Config, json: bool) -> anyhow::Result<()> {
+    if !config.connector.expose_metrics {
+        bail!(
+            "the daemon is running and holds the WAL; set CONNECTOR_EXPOSE_METRICS=true to read \
+             its status from /status"
+        );
+    }
+    let url = format!("http://127.0.0.1:{}/status", config.connector.metrics_port);
+    let body = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("the daemon is running; asking it at {url}"))?
+        .text()
+        .await?;
+    if json {
+        println!("{body}");
+    } else {
+        let report: StatusReport = serde_json::from_str(&body)
+            .with_context(|| format!("reading the answer of {url}"))?;
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}

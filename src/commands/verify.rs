@@ -1,0 +1,93 @@
+//! `verify`: reads the bucket (or an export directory) back as the stock importer would and
+//! reports numbering gaps, order problems and bad lines. Exits non-zero on any problem.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::cli::VerifyArgs;
+use crate::config::Config;
+use crate::readback::{ReadbackReport, read_back};
+use crate::sink::{DirSink, Sink};
+
+/// Runs `verify` against the configured destination, or `--dir`.
+pub async fn run(config: Option<&Config>, args: &VerifyArgs) -> anyhow::Result<()> {
+    let (sink, folder): (Arc<dyn Sink>, String) = match (&args.dir, config) {
+        (Some(dir), _) => (
+            Arc::new(DirSink::new(dir.clone())),
+            args.folder
+                .clone()
+                .or_else(|| config.map(|c| c.output.folder.clone()))
+                .unwrap_or_default(),
+        ),
+        (None, Some(config)) => (
+            crate::daemon::sink(config)?,
+            args.folder.clone().unwrap_or_else(|| config.output.folder.clone()),
+        ),
+        (None, None) => bail!("give --dir, or a configuration naming the destination"),
+    };
+    let folder = folder.trim_matches('/');
+    let prefix = if folder.is_empty() {
+        String::new()
+    } else {
+        format!("{folder}/")
+    };
+    let progress = std::io::stderr().is_terminal() && !args.json;
+    let report = read_back(
+        sink.as_ref(),
+        &prefix,
+        args.from,
+        |_| {},
+        |key, number| {
+            if progress {
+                eprint!("\rverifying file {number}: {key}\x1b[K");
+                let _ = std::io::stderr().flush();
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("reading {} back", sink.describe()))?;
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&sink.describe(), &prefix, &report);
+    }
+    if !report.is_ok() {
+        bail!("{} problem(s) found", report.problems.len());
+    }
+    Ok(())
+}
+
+fn print_text(destination: &str, prefix: &str, report: &ReadbackReport) {
+    println!("destination   {destination} (prefix {prefix:?})");
+    println!(
+        "files         {} (numbers {}..={})",
+        report.files,
+        report.first_number.map_or("-".into(), |n| n.to_string()),
+        report.last_number.map_or("-".into(), |n| n.to_string())
+    );
+    println!(
+        "lines         {} ({} create, {} update, {} delete, {} merge, {} other)",
+        report.lines,
+        report.by_type[0],
+        report.by_type[1],
+        report.by_type[2],
+        report.by_type[3],
+        report.by_type[4]
+    );
+    if report.is_ok() {
+        println!("result        OK: the stock importer reads every file in order");
+    } else {
+        println!("result        {} problem(s):", report.problems.len());
+        for problem in &report.problems {
+            match problem.line {
+                Some(line) => println!("  {} line {line}: {}", problem.key, problem.what),
+                None => println!("  {}: {}", problem.key, problem.what),
+            }
+        }
+    }
+}

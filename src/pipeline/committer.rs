@@ -1,0 +1,357 @@
+//! The WAL writer stage: turns stream items into durable group commits and moves the cursor
+//! only with them — DESIGN.md invariant 1, "durable before acknowledged", and invariant 2, "no
+//! loss".
+//!
+//! Items arrive in stream order through a bounded channel. The committer packs whatever is
+//! queued into one [`wal::Group`] (lines, the cursor the [`CursorTracker`] allows, state
+//! changes), hands it to the WAL's group-commit writer and goes on packing the next group while
+//! that one syncs; a few groups may be in flight, always completed in order. A `Sync` request
+//! (sent by the stream client before every connection) is answered only when everything before
+//! it is durable, with the durable position: so a connection never resumes from a position whose
+//! events are not on disk, and everything read before a disconnect is kept rather than asked
+//! for again.
+//!
+//! Dead letters are appended and fsynced to their own file before the group that could move the
+//! cursor past them is submitted.
+//!
+//! When the disk budget refuses a group, the group is dropped, reading pauses (see
+//! [`super::budget`]) and every item up to the client's next `Sync` is dropped too: the cursor
+//! has not moved past them, so the server sends them again when reading resumes.
+//!
+//! A WAL failure is fatal for the pipeline: the WAL refuses further writes after one (it cannot
+//! tell what reached the disk), so the daemon exits with an error and the restart resumes from
+//! the durable cursor, losing nothing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
+
+use super::PipelineError;
+use super::budget::Budget;
+use super::cursor::{CursorTracker, Observed};
+use super::dead_letter::{DeadEvent, DeadLetterFile};
+use crate::stream::{Action, ResumePosition, StreamItem};
+
+/// Largest group the committer packs (raw bytes of its lines). One event bigger than this is a
+/// group of its own.
+const MAX_GROUP_BYTES: u64 = 1 << 20;
+/// Largest number of lines in one group.
+const MAX_GROUP_RECORDS: usize = 4096;
+/// Groups submitted to the WAL and not yet durable. Two keep the writer busy (one syncing, one
+/// being packed) while bounding the memory held by lines in flight.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Counters of the committer, read by metrics and status.
+#[derive(Debug, Default)]
+pub struct CommitterStats {
+    /// Exported events made durable, by action: create, update, delete, merge.
+    pub events: [AtomicU64; 4],
+    /// Groups made durable.
+    pub groups: AtomicU64,
+    /// Events written to the dead-letter file.
+    pub dead_letters: AtomicU64,
+    /// Items dropped while reading was paused by the disk budget (the server sends them again).
+    pub dropped_while_full: AtomicU64,
+    /// Milliseconds part of the durable cursor (the stock `current_state` gauge).
+    pub cursor_ms: AtomicU64,
+}
+
+impl CommitterStats {
+    /// Durable events of `action`.
+    pub fn events_of(&self, action: Action) -> u64 {
+        self.events[action_index(action)].load(Ordering::Relaxed)
+    }
+}
+
+fn action_index(action: Action) -> usize {
+    match action {
+        Action::Create => 0,
+        Action::Update => 1,
+        Action::Delete => 2,
+        Action::Merge => 3,
+    }
+}
+
+/// The milliseconds part of a `<ms>-<seq>` id.
+pub fn id_millis(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// A group being packed.
+#[derive(Default)]
+struct Packing {
+    records: Vec<Bytes>,
+    raw_bytes: u64,
+    cursor: Option<String>,
+    changes: Vec<StateChange>,
+    actions: [u64; 4],
+}
+
+impl Packing {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.cursor.is_none() && self.changes.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.raw_bytes >= MAX_GROUP_BYTES || self.records.len() >= MAX_GROUP_RECORDS
+    }
+}
+
+/// A group handed to the WAL, with what to count once it is durable.
+struct InFlight {
+    pending: PendingAppend,
+    actions: [u64; 4],
+    cursor: Option<String>,
+}
+
+/// The WAL writer stage. Build with [`Committer::new`], run with [`Committer::run`].
+pub struct Committer {
+    wal: Wal,
+    appender: Appender,
+    dead_letters: DeadLetterFile,
+    tracker: CursorTracker,
+    budget: Arc<Budget>,
+    stats: Arc<CommitterStats>,
+    backlog_threshold: u64,
+    compactor_wake: Arc<Notify>,
+    packing: Packing,
+    in_flight: VecDeque<InFlight>,
+    dropping: bool,
+}
+
+impl Committer {
+    /// A committer writing to `wal`; it wakes the compactor when the unsealed backlog reaches
+    /// `backlog_threshold` raw bytes (one full file).
+    pub fn new(
+        wal: Wal,
+        dead_letters: DeadLetterFile,
+        budget: Arc<Budget>,
+        stats: Arc<CommitterStats>,
+        backlog_threshold: u64,
+        compactor_wake: Arc<Notify>,
+    ) -> Self {
+        let appender = wal.appender();
+        Self {
+            wal,
+            appender,
+            dead_letters,
+            tracker: CursorTracker::new(),
+            budget,
+            stats,
+            backlog_threshold,
+            compactor_wake,
+            packing: Packing::default(),
+            in_flight: VecDeque::new(),
+            dropping: false,
+        }
+    }
+
+    /// Commits items until the channel closes (every sender dropped), then waits for the last
+    /// groups to be durable. Returns an error only when the WAL or the dead-letter file failed.
+    pub async fn run(mut self, mut items: mpsc::Receiver<StreamItem>) -> Result<(), PipelineError> {
+        loop {
+            let item = match items.try_recv() {
+                Ok(item) => item,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nothing queued: submit what is packed, then wait for the next item while
+                    // completing groups as they become durable.
+                    self.submit().await?;
+                    match self.next_item(&mut items).await? {
+                        Some(item) => item,
+                        None => break,
+                    }
+                }
+            };
+            self.handle(item).await?;
+        }
+        self.submit().await?;
+        self.drain().await
+    }
+
+    async fn next_item(
+        &mut self,
+        items: &mut mpsc::Receiver<StreamItem>,
+    ) -> Result<Option<StreamItem>, PipelineError> {
+        loop {
+            let Some(front) = self.in_flight.front_mut() else {
+                return Ok(items.recv().await);
+            };
+            let durable = tokio::select! {
+                biased;
+                item = items.recv() => return Ok(item),
+                result = &mut front.pending => result,
+            };
+            let done = self.in_flight.pop_front();
+            self.completed(durable, done)?;
+        }
+    }
+
+    async fn handle(&mut self, item: StreamItem) -> Result<(), PipelineError> {
+        match item {
+            StreamItem::Sync(reply) => {
+                self.submit().await?;
+                self.drain().await?;
+                self.tracker.reset();
+                self.dropping = false;
+                let state = self.wal.state();
+                let position = ResumePosition {
+                    cursor: state.cursor,
+                    recover_until: match state.recover_until {
+                        RecoverUntil::Date(date) => Some(date),
+                        RecoverUntil::Unset | RecoverUntil::Disabled => None,
+                    },
+                };
+                // The client may have stopped waiting (shutdown): nothing to do then.
+                let _ = reply.send(position);
+            }
+            _ if self.dropping => {
+                self.stats.dropped_while_full.fetch_add(1, Ordering::Relaxed);
+            }
+            StreamItem::Export {
+                id,
+                action,
+                line,
+                holds_cursor,
+            } => {
+                if let Some(cursor) = self.tracker.observe(Observed::Event {
+                    id: &id,
+                    holds_cursor,
+                }) {
+                    self.packing.cursor = Some(cursor);
+                }
+                self.packing.raw_bytes += line.len() as u64 + 1;
+                self.packing.records.push(line);
+                self.packing.actions[action_index(action)] += 1;
+                if self.packing.is_full() {
+                    self.submit().await?;
+                }
+            }
+            StreamItem::Advance { id } => {
+                if let Some(cursor) = self.tracker.observe(Observed::Position { id: &id }) {
+                    self.packing.cursor = Some(cursor);
+                }
+            }
+            StreamItem::RecoveryDisabled { id } => {
+                tracing::warn!(
+                    event_id = %id,
+                    "OpenCTI skipped recovery for this stream (no-recover): recover_until is now disabled"
+                );
+                self.packing
+                    .changes
+                    .push(StateChange::RecoverUntil(RecoverUntil::Disabled));
+            }
+            StreamItem::DeadLetter {
+                id,
+                event,
+                reason,
+                payload,
+            } => {
+                self.tracker.observe(Observed::Other);
+                let dead = DeadEvent {
+                    id: id.as_deref(),
+                    event: &event,
+                    reason: &reason,
+                    payload: &payload,
+                };
+                self.dead_letters
+                    .append(dead, now_ms())
+                    .map_err(|source| PipelineError::DeadLetter {
+                        path: self.dead_letters.path().to_path_buf(),
+                        source,
+                    })?;
+                self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    event_id = id.as_deref().unwrap_or("-"),
+                    event = %event,
+                    reason = %reason,
+                    file = %self.dead_letters.path().display(),
+                    "event cannot be exported: kept in the dead-letter file"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the packed group to the WAL (after the budget admits it).
+    async fn submit(&mut self) -> Result<(), PipelineError> {
+        if self.packing.is_empty() {
+            return Ok(());
+        }
+        let packing = std::mem::take(&mut self.packing);
+        if !self.budget.admit(&self.wal.disk_usage(), packing.raw_bytes) {
+            let dropped = packing.records.len() as u64;
+            self.stats
+                .dropped_while_full
+                .fetch_add(dropped, Ordering::Relaxed);
+            self.dropping = true;
+            return Ok(());
+        }
+        self.budget.committed(packing.raw_bytes);
+        let cursor = packing.cursor.clone();
+        let pending = self.appender.submit(Group {
+            records: packing.records,
+            cursor: packing.cursor,
+            changes: packing.changes,
+        });
+        self.in_flight.push_back(InFlight {
+            pending,
+            actions: packing.actions,
+            cursor,
+        });
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.complete_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), PipelineError> {
+        while !self.in_flight.is_empty() {
+            self.complete_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn complete_oldest(&mut self) -> Result<(), PipelineError> {
+        if let Some(mut oldest) = self.in_flight.pop_front() {
+            let result = (&mut oldest.pending).await;
+            self.completed(result, Some(oldest))?;
+        }
+        Ok(())
+    }
+
+    fn completed(
+        &mut self,
+        result: Result<wal::Committed, wal::WalError>,
+        done: Option<InFlight>,
+    ) -> Result<(), PipelineError> {
+        result.map_err(PipelineError::Wal)?;
+        let Some(done) = done else {
+            return Ok(());
+        };
+        for (counter, count) in self.stats.events.iter().zip(done.actions) {
+            counter.fetch_add(count, Ordering::Relaxed);
+        }
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = done.cursor.as_deref().and_then(id_millis) {
+            self.stats.cursor_ms.store(ms, Ordering::Relaxed);
+        }
+        if self.wal.backlog().raw_bytes >= self.backlog_threshold {
+            self.compactor_wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Wall-clock milliseconds since the epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,189 @@
+//! What `status` and `/status` report: the stream position, the backlog, the files waiting, the
+//! next file number, the last upload and the disk budget — read from the WAL, so it works with
+//! the daemon stopped. Never contains a secret.
+
+use serde::{Deserialize, Serialize};
+use wal::{RecoverUntil, Wal};
+
+use crate::config::parse::format_iso_seconds;
+use crate::pipeline::committer::id_millis;
+
+/// A snapshot of the exporter's durable state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The WAL directory.
+    pub wal_dir: String,
+    /// The stream position the next connection resumes from (`Last-Event-ID`).
+    pub cursor: Option<String>,
+    /// The time of the cursor's milliseconds part, ISO-8601.
+    pub cursor_time: Option<String>,
+    /// The recovery bound sent as `?recover=`: a date, `"disabled"`, or `null` before the first
+    /// start.
+    pub recover_until: Option<String>,
+    /// Events durable in the WAL and not sealed into a file yet.
+    pub backlog_events: u64,
+    /// Their raw NDJSON size.
+    pub backlog_bytes: u64,
+    /// Sealed files waiting for upload.
+    pub files_waiting: usize,
+    /// Their raw NDJSON size.
+    pub files_waiting_bytes: u64,
+    /// Events in those files.
+    pub files_waiting_events: u64,
+    /// Number of the oldest file waiting (the one being uploaded).
+    pub oldest_file_waiting: Option<u64>,
+    /// The number the next sealed file gets.
+    pub next_file_number: u64,
+    /// The last file uploaded.
+    pub last_upload: Option<LastUpload>,
+    /// Disk used by the WAL and files, bytes.
+    pub disk_used_bytes: u64,
+    /// The disk budget (`WAL_MAX_BYTES`).
+    pub disk_max_bytes: u64,
+    /// Free space on the WAL's filesystem, when known.
+    pub fs_available_bytes: Option<u64>,
+}
+
+/// The last successful upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastUpload {
+    /// Its file number.
+    pub file_number: u64,
+    /// The timestamp in its name.
+    pub ts_ms: u64,
+    /// When it completed, ISO-8601.
+    pub at: String,
+    /// When it completed, epoch ms.
+    pub at_ms: u64,
+}
+
+impl StatusReport {
+    /// Reads the report from an open WAL.
+    pub fn from_wal(wal: &Wal) -> Self {
+        let state = wal.state();
+        let backlog = wal.backlog();
+        let segments = wal.segments();
+        let usage = wal.disk_usage();
+        Self {
+            wal_dir: wal.dir().display().to_string(),
+            cursor_time: state
+                .cursor
+                .as_deref()
+                .and_then(id_millis)
+                .map(|ms| format_iso_seconds(ms as i64)),
+            cursor: state.cursor,
+            recover_until: match state.recover_until {
+                RecoverUntil::Unset => None,
+                RecoverUntil::Date(date) => Some(date),
+                RecoverUntil::Disabled => Some("disabled".to_string()),
+            },
+            backlog_events: backlog.records,
+            backlog_bytes: backlog.raw_bytes,
+            files_waiting: segments.len(),
+            files_waiting_bytes: segments.iter().map(|s| s.raw_bytes).sum(),
+            files_waiting_events: segments.iter().map(|s| s.records).sum(),
+            oldest_file_waiting: segments.first().map(|s| s.number),
+            next_file_number: state.next_file_number,
+            last_upload: state.last_upload.map(|upload| LastUpload {
+                file_number: upload.number,
+                ts_ms: upload.ts_ms,
+                at: format_iso_seconds(upload.uploaded_at_ms as i64),
+                at_ms: upload.uploaded_at_ms,
+            }),
+            disk_used_bytes: usage.used(),
+            disk_max_bytes: usage.max_bytes,
+            fs_available_bytes: usage.fs_available_bytes,
+        }
+    }
+
+    /// Human-readable lines.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, name: &str, value: String| {
+            out.push_str(&format!("{name:<22}{value}\n"));
+        };
+        line(&mut out, "WAL directory", self.wal_dir.clone());
+        line(
+            &mut out,
+            "stream position",
+            match (&self.cursor, &self.cursor_time) {
+                (Some(cursor), Some(time)) => format!("{cursor} ({time})"),
+                (Some(cursor), None) => cursor.clone(),
+                _ => "not started".to_string(),
+            },
+        );
+        line(
+            &mut out,
+            "recover until",
+            self.recover_until.clone().unwrap_or_else(|| "-".to_string()),
+        );
+        line(
+            &mut out,
+            "backlog (unsealed)",
+            format!("{} events, {}", self.backlog_events, human_bytes(self.backlog_bytes)),
+        );
+        line(
+            &mut out,
+            "files waiting",
+            match self.oldest_file_waiting {
+                Some(oldest) => format!(
+                    "{} ({} events, {}), oldest is file {oldest}",
+                    self.files_waiting,
+                    self.files_waiting_events,
+                    human_bytes(self.files_waiting_bytes)
+                ),
+                None => "none".to_string(),
+            },
+        );
+        line(&mut out, "next file number", self.next_file_number.to_string());
+        line(
+            &mut out,
+            "last upload",
+            match &self.last_upload {
+                Some(upload) => format!("file {} at {}", upload.file_number, upload.at),
+                None => "none yet".to_string(),
+            },
+        );
+        line(
+            &mut out,
+            "disk",
+            format!(
+                "{} of {} used{}",
+                human_bytes(self.disk_used_bytes),
+                human_bytes(self.disk_max_bytes),
+                self.fs_available_bytes
+                    .map(|free| format!(", {} free on the filesystem", human_bytes(free)))
+                    .unwrap_or_default()
+            ),
+        );
+        out
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10 << 30), "10.0 GiB");
+    }
+}
