@@ -11,7 +11,8 @@
 //! nothing reaches disk half-way between two commits that was not already atomic in sled's log.
 
 use std::collections::BTreeSet;
-use std::fs::File;
+use std::fs::{File, TryLockError};
+use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -25,7 +26,8 @@ pub(crate) const DB_DIR: &str = "db";
 
 /// The database: one tree, atomic batches, explicit durable sync.
 pub(crate) struct Store {
-    db: sled::Db,
+    /// Always `Some` until `drop`, which closes it first (see [`Store::drop`]).
+    db: Option<sled::Db>,
     path: PathBuf,
     data_file: File,
     blobs_dir: PathBuf,
@@ -87,7 +89,7 @@ impl Store {
         let data_file =
             File::open(&data_path).map_err(|e| WalError::io("opening", &data_path, e))?;
         let store = Store {
-            db,
+            db: Some(db),
             blobs_dir: path.join("blobs"),
             path,
             data_file,
@@ -103,6 +105,12 @@ impl Store {
         Ok((store, created))
     }
 
+    fn db(&self) -> &sled::Db {
+        self.db
+            .as_ref()
+            .expect("the database is open until the store is dropped")
+    }
+
     /// The database directory.
     #[cfg(test)]
     pub fn path(&self) -> &Path {
@@ -111,7 +119,7 @@ impl Store {
 
     /// Reads one value.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, WalError> {
-        self.db
+        self.db()
             .get(key)
             .map_err(|e| store_error("reading a value", &self.path, e))
     }
@@ -122,7 +130,7 @@ impl Store {
         from: &[u8],
         to: &[u8],
     ) -> impl Iterator<Item = Result<(Value, Value), WalError>> + use<'_> {
-        self.db
+        self.db()
             .range(from.to_vec()..to.to_vec())
             .map(|item| item.map_err(|e| store_error("scanning a range", &self.path, e)))
     }
@@ -132,14 +140,14 @@ impl Store {
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Value, Value), WalError>> + use<'_> {
-        self.db
+        self.db()
             .scan_prefix(prefix)
             .map(|item| item.map_err(|e| store_error("scanning keys", &self.path, e)))
     }
 
     /// Applies a batch atomically (in memory; durable after [`Store::sync`]).
     pub fn apply(&self, batch: WriteBatch) -> Result<(), WalError> {
-        self.db
+        self.db()
             .apply_batch(batch.batch)
             .map_err(|e| store_error("applying a commit batch", &self.path, e))
     }
@@ -147,7 +155,7 @@ impl Store {
     /// Makes everything applied so far durable: sled flush, then fsync of its data file and of
     /// any blob file not synced yet.
     pub fn sync(&self) -> Result<(), WalError> {
-        self.db
+        self.db()
             .flush()
             .map_err(|e| store_error("flushing the log", &self.path, e))?;
         self.data_file
@@ -158,7 +166,7 @@ impl Store {
 
     /// Bytes sled occupies on disk (its data file plus blobs). Stats files: cache the result.
     pub fn size_on_disk(&self) -> Result<u64, WalError> {
-        self.db
+        self.db()
             .size_on_disk()
             .map_err(|e| store_error("measuring the size on disk", &self.path, e))
     }
@@ -197,5 +205,34 @@ impl Store {
         }
         *synced = present;
         Ok(())
+    }
+}
+
+/// How long closing waits for sled's background threads to let go of its files.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for Store {
+    /// Closes sled and waits (bounded) until its data file lock is released. sled hands some
+    /// work to background threads that keep its files open for a moment after the last handle
+    /// is dropped; waiting here means that once a `Wal` is dropped it can be reopened at once.
+    fn drop(&mut self) {
+        drop(self.db.take());
+        let data_path = self.path.join("db");
+        let Ok(file) = File::open(&data_path) else {
+            return;
+        };
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return,
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %data_path.display(), error = %e, "sled did not release its database file in time");
+                    return;
+                }
+            }
+        }
     }
 }

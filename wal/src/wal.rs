@@ -18,7 +18,7 @@ use crate::segment::{self, SegmentFileName, SegmentMeta, SegmentReader, StoredSe
 use crate::state::{InitialState, StoredState, WalState};
 use crate::store::Store;
 use crate::usage::{self, Backlog, DiskUsage, WalStats};
-use crate::writer::{self, MAX_TS_MS, MIN_TS_MS, Request, Shared, Writer};
+use crate::writer::{self, Committer, MAX_TS_MS, MIN_TS_MS, Planner, Request, Shared};
 
 /// A segment whose entry exists but whose file is missing or damaged, found at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub struct Wal {
 /// directory lock is released.
 pub(crate) struct Inner {
     sender: Option<mpsc::Sender<Request>>,
-    writer: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     store: Arc<Store>,
     shared: Arc<Mutex<Shared>>,
     stats: Arc<WalStats>,
@@ -79,10 +79,10 @@ impl Drop for Inner {
         // Every appender is gone (they hold this `Inner`): closing our sender stops the writer
         // once it has committed what is queued.
         drop(self.sender.take());
-        if let Some(handle) = self.writer.take()
-            && handle.join().is_err()
-        {
-            tracing::error!(dir = %self.dir.path().display(), "the WAL writer thread panicked");
+        for handle in self.threads.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!(dir = %self.dir.path().display(), "a WAL writer thread panicked");
+            }
         }
     }
 }
@@ -139,23 +139,27 @@ impl Wal {
         let faults = Arc::new(writer::Faults::default());
         let encoder = FrameEncoder::new(options.zstd_level)
             .map_err(|e| WalError::io("starting zstd for", dir.path(), e))?;
-        let writer = Writer {
-            store: store.clone(),
+        let planner = Planner {
             shared: shared.clone(),
-            stats: stats.clone(),
             state,
             backlog,
+            segments: writer::lock(&shared).segments.clone(),
             encoder,
             max_commit_bytes: options.max_commit_bytes as u64,
             dir: dir.path().to_path_buf(),
             #[cfg(test)]
             faults: faults.clone(),
         };
+        let committer = Committer {
+            store: store.clone(),
+            shared: shared.clone(),
+            stats: stats.clone(),
+            #[cfg(test)]
+            faults: faults.clone(),
+        };
         let (sender, receiver) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("wal-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| WalError::io("starting the writer thread for", dir.path(), e))?;
+        let (planner, committer) = writer::spawn(planner, committer, receiver)
+            .map_err(|e| WalError::io("starting the writer threads for", dir.path(), e))?;
         tracing::info!(
             dir = %dir.path().display(),
             created,
@@ -168,7 +172,8 @@ impl Wal {
         let wal = Wal {
             inner: Arc::new(Inner {
                 sender: Some(sender),
-                writer: Some(handle),
+                // Joined in this order: the planner stops first, then the committer drains.
+                threads: vec![planner, committer],
                 store,
                 shared,
                 stats,

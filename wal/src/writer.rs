@@ -1,10 +1,17 @@
-//! The writer thread: every change to the database goes through it, in order, in group commits.
+//! The writer: every change to the database goes through it, in order, in group commits.
 //!
-//! The thread takes every request queued (up to `max_commit_bytes` of records), builds one atomic
-//! batch (one compressed frame for all their records, segment registrations and removals, the new
-//! state), applies it, flushes and fsyncs, and only then publishes the new state and completes the
-//! requests, in queue order. While it syncs, new requests queue up and form the next commit, so
-//! one fsync serves every appender that arrived meanwhile.
+//! Two threads form a pipeline of depth one:
+//!
+//! - the **planner** (`wal-writer`) takes every request queued (up to `max_commit_bytes` of
+//!   records), validates them and builds one atomic batch: one compressed frame for all their
+//!   records, segment registrations and removals, and the state after them;
+//! - the **committer** (`wal-commit`) applies that batch, flushes and fsyncs, and only then
+//!   publishes the new state and completes the requests, in queue order.
+//!
+//! While the committer syncs commit N, the planner compresses commit N+1 from what queued
+//! meanwhile, so compression (the main CPU cost) overlaps the flush and fsync wait, and one fsync
+//! serves every appender that arrived during the previous one. The planner plans on the state
+//! the previous plans lead to; if one of them fails, everything after it fails too (below).
 //!
 //! Being the only writer serialises every actor that changes the state value (appends, seals,
 //! uploads, initialization) without locks around the database.
@@ -18,6 +25,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -38,6 +46,10 @@ const MAX_REQUESTS_PER_COMMIT: usize = 16 * 1024;
 /// Compressed-frame buffer capacity kept between commits; a larger one (after a huge record) is
 /// released.
 const KEPT_BUFFER_BYTES: usize = 1024 * 1024;
+/// Commits with at most this many raw bytes are gathered into one buffer and compressed in one
+/// call (faster); larger ones (only a huge record makes them) are streamed record by record, so a
+/// huge record is never copied.
+const CONTIGUOUS_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// How often the database size is measured when no seal or upload asks for it.
 const SIZE_REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Smallest timestamp with 13 digits.
@@ -78,14 +90,14 @@ impl Request {
         }
     }
 
-    fn reject(self, error: WalError) {
-        // A requester that went away does not need its answer.
+    /// The answer refusing this request with `error`.
+    fn into_reply(self, error: WalError) -> Reply {
         match self {
-            Request::Append { reply, .. } => drop(reply.send(Err(error))),
+            Request::Append { reply, .. } => Reply::Append(reply, Err(error)),
             Request::Register { reply, .. } | Request::Initialize { reply, .. } => {
-                drop(reply.send(Err(error)))
+                Reply::Done(reply, Err(error))
             }
-            Request::Uploaded { reply, .. } => drop(reply.send(Err(error))),
+            Request::Uploaded { reply, .. } => Reply::Uploaded(reply, Err(error)),
         }
     }
 }
@@ -98,20 +110,23 @@ enum Reply {
 }
 
 impl Reply {
-    /// Replaces a success by the commit's failure (a request refused on its own keeps its error).
-    fn fail(self, cause: &Arc<WalError>) -> Reply {
-        let failed = || WalError::CommitFailed {
-            cause: cause.clone(),
-        };
+    /// Replaces a success by `error()` (a request refused on its own keeps its error).
+    fn replace_success(self, error: impl Fn() -> WalError) -> Reply {
         match self {
-            Reply::Append(tx, Ok(_)) => Reply::Append(tx, Err(failed())),
-            Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(failed())),
-            Reply::Uploaded(tx, Ok(_)) => Reply::Uploaded(tx, Err(failed())),
+            Reply::Append(tx, Ok(_)) => Reply::Append(tx, Err(error())),
+            Reply::Done(tx, Ok(())) => Reply::Done(tx, Err(error())),
+            Reply::Uploaded(tx, Ok(_)) => Reply::Uploaded(tx, Err(error())),
             other => other,
         }
     }
 
+    /// Answers that the writer is gone.
+    fn fail_closed(self) {
+        self.replace_success(|| WalError::Closed).send(&WalStats::default());
+    }
+
     fn send(self, stats: &WalStats) {
+        // A requester that went away does not need its answer.
         match self {
             Reply::Append(tx, result) => {
                 if let Ok(committed) = &result {
@@ -154,18 +169,74 @@ pub(crate) struct Faults {
     pub hold: Mutex<()>,
 }
 
-/// The writer thread's state.
-pub(crate) struct Writer {
-    pub store: Arc<Store>,
+/// The planner thread's state: the state, backlog and segments as they will be once every commit
+/// planned so far is durable.
+pub(crate) struct Planner {
     pub shared: Arc<Mutex<Shared>>,
-    pub stats: Arc<WalStats>,
     pub state: StoredState,
     pub backlog: Backlog,
+    /// Segment numbers (with their entries) once every planned commit is durable.
+    pub segments: BTreeMap<u64, SegmentMeta>,
     pub encoder: FrameEncoder,
     pub max_commit_bytes: u64,
     pub dir: PathBuf,
     #[cfg(test)]
     pub faults: Arc<Faults>,
+}
+
+/// The committer thread's state.
+pub(crate) struct Committer {
+    pub store: Arc<Store>,
+    pub shared: Arc<Mutex<Shared>>,
+    pub stats: Arc<WalStats>,
+    #[cfg(test)]
+    pub faults: Arc<Faults>,
+}
+
+/// A planned commit on its way to the committer, with the answers owed once it is durable.
+pub(crate) struct Planned {
+    plan: Result<CommitPlan, WalError>,
+    replies: Vec<Reply>,
+    started: Instant,
+}
+
+/// Starts the planner and committer threads; they stop once every sender of `requests` is gone
+/// and what was queued is committed.
+pub(crate) fn spawn(
+    planner: Planner,
+    committer: Committer,
+    requests: mpsc::Receiver<Request>,
+) -> std::io::Result<(JoinHandle<()>, JoinHandle<()>)> {
+    // Depth one: one commit syncing, one planned and waiting, one being planned.
+    let (planned_tx, planned_rx) = mpsc::sync_channel(1);
+    let committer = std::thread::Builder::new()
+        .name("wal-commit".into())
+        .spawn(move || committer.run(planned_rx))?;
+    let planner = std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || planner.run(requests, planned_tx))?;
+    Ok((planner, committer))
+}
+
+/// Buffers reused from commit to commit.
+#[derive(Default)]
+struct FrameBuffers {
+    /// The commit's raw NDJSON, when it is compressed in one piece.
+    raw: Vec<u8>,
+    /// The compressed frame.
+    compressed: Vec<u8>,
+}
+
+impl FrameBuffers {
+    /// Empties the buffers, releasing any capacity a huge commit left.
+    fn reset(&mut self) {
+        for buffer in [&mut self.raw, &mut self.compressed] {
+            buffer.clear();
+            if buffer.capacity() > KEPT_BUFFER_BYTES * 2 {
+                *buffer = Vec::new();
+            }
+        }
+    }
 }
 
 /// Everything one commit changes, built before anything is written.
@@ -180,13 +251,11 @@ struct CommitPlan {
     sizes_changed: bool,
 }
 
-impl Writer {
-    /// Runs until every sender is gone.
-    pub fn run(mut self, requests: mpsc::Receiver<Request>) {
-        let mut compressed = Vec::new();
+impl Planner {
+    /// Plans commits until every sender is gone, then lets the committer finish.
+    fn run(mut self, requests: mpsc::Receiver<Request>, planned: mpsc::SyncSender<Planned>) {
+        let mut buffers = FrameBuffers::default();
         let mut carry: Option<Request> = None;
-        let mut poisoned: Option<Arc<WalError>> = None;
-        let mut last_size_refresh = Instant::now();
         loop {
             let first = match carry.take() {
                 Some(request) => request,
@@ -213,117 +282,36 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Some(cause) = &poisoned {
-                for request in batch {
-                    request.reject(WalError::Poisoned {
-                        cause: cause.clone(),
-                    });
-                }
-                continue;
-            }
             let started = Instant::now();
-            let (replies, outcome) = self.commit(batch, &mut compressed);
-            compressed.clear();
-            if compressed.capacity() > KEPT_BUFFER_BYTES {
-                compressed = Vec::new();
-            }
-            let replies = match outcome {
-                Ok(sizes_changed) => {
-                    if sizes_changed || last_size_refresh.elapsed() >= SIZE_REFRESH_EVERY {
-                        self.refresh_size();
-                        last_size_refresh = Instant::now();
-                    }
-                    WalStats::add(&self.stats.commits, 1);
-                    self.stats.last_commit_micros.store(
-                        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    replies
+            let poisoned = lock(&self.shared).poisoned.clone();
+            let mut replies = Vec::with_capacity(batch.len());
+            let plan = match poisoned {
+                // Refused without planning; the committer answers, in order.
+                Some(cause) => {
+                    let refused = |r: Request| {
+                        r.into_reply(WalError::Poisoned {
+                            cause: cause.clone(),
+                        })
+                    };
+                    replies.extend(batch.into_iter().map(refused));
+                    Err(WalError::Poisoned { cause })
                 }
-                Err(error) => {
-                    tracing::error!(error = %error, "WAL commit failed; refusing writes until reopened");
-                    WalStats::add(&self.stats.commit_failures, 1);
-                    let cause = Arc::new(error);
-                    lock(&self.shared).poisoned = Some(cause.clone());
-                    let failed = replies.into_iter().map(|r| r.fail(&cause)).collect();
-                    poisoned = Some(cause);
-                    failed
-                }
+                None => self.plan(batch, &mut buffers, &mut replies),
             };
-            for reply in replies {
-                reply.send(&self.stats);
+            buffers.reset();
+            let planned_commit = Planned {
+                plan,
+                replies,
+                started,
+            };
+            if let Err(mpsc::SendError(unsent)) = planned.send(planned_commit) {
+                // The committer is gone (it panicked): nobody can make these durable.
+                for reply in unsent.replies {
+                    reply.fail_closed();
+                }
             }
         }
-        tracing::debug!("WAL writer stopped: every handle is gone");
-    }
-
-    fn refresh_size(&self) {
-        match self.store.size_on_disk() {
-            Ok(bytes) => lock(&self.shared).sled_bytes = bytes,
-            Err(error) => tracing::warn!(error = %error, "cannot measure the WAL database size"),
-        }
-    }
-
-    /// Builds, writes and publishes one commit. Returns the replies owed and whether sizes
-    /// changed enough to measure the database again; on `Err` nothing was published.
-    fn commit(
-        &mut self,
-        requests: Vec<Request>,
-        compressed: &mut Vec<u8>,
-    ) -> (Vec<Reply>, Result<bool, WalError>) {
-        let mut replies = Vec::with_capacity(requests.len());
-        let plan = match self.plan(requests, compressed, &mut replies) {
-            Ok(plan) => plan,
-            Err(error) => return (replies, Err(error)),
-        };
-        if plan.batch.is_empty() {
-            // Every request was refused on its own: nothing to write.
-            return (replies, Ok(false));
-        }
-        let sizes_changed = plan.sizes_changed;
-        if let Err(error) = self.write(plan.batch) {
-            return (replies, Err(error));
-        }
-        WalStats::add(&self.stats.raw_bytes, plan.raw_bytes);
-        WalStats::add(&self.stats.stored_bytes, plan.stored_bytes);
-        for meta in &plan.added {
-            WalStats::add(&self.stats.segments_sealed, 1);
-            WalStats::add(&self.stats.sealed_raw_bytes, meta.raw_bytes);
-        }
-        WalStats::add(&self.stats.segments_uploaded, plan.removed.len() as u64);
-        self.state = plan.state;
-        self.backlog = plan.backlog;
-        let mut shared = lock(&self.shared);
-        shared.state = self.state.clone();
-        shared.backlog = self.backlog;
-        for meta in plan.added {
-            shared.segment_bytes += meta.stored_bytes;
-            shared.segments.insert(meta.number, meta);
-        }
-        for number in plan.removed {
-            if let Some(meta) = shared.segments.remove(&number) {
-                shared.segment_bytes -= meta.stored_bytes;
-            }
-            shared.damaged.remove(&number);
-        }
-        (replies, Ok(sizes_changed))
-    }
-
-    fn write(&self, batch: WriteBatch) -> Result<(), WalError> {
-        self.store.apply(batch)?;
-        #[cfg(test)]
-        if self
-            .faults
-            .fail_next_sync
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(WalError::io(
-                "fsyncing (injected fault)",
-                self.store.path(),
-                std::io::Error::other("injected"),
-            ));
-        }
-        self.store.sync()
+        tracing::debug!("WAL planner stopped: every handle is gone");
     }
 
     /// Turns the requests into one batch and the state after it. Requests refused on their own
@@ -332,9 +320,10 @@ impl Writer {
     fn plan(
         &mut self,
         requests: Vec<Request>,
-        compressed: &mut Vec<u8>,
+        buffers: &mut FrameBuffers,
         replies: &mut Vec<Reply>,
     ) -> Result<CommitPlan, WalError> {
+        let FrameBuffers { raw, compressed } = buffers;
         let mut plan = CommitPlan {
             batch: WriteBatch::default(),
             state: self.state.clone(),
@@ -346,6 +335,7 @@ impl Writer {
             sizes_changed: false,
         };
         let frame_raw: u64 = requests.iter().map(Request::raw_bytes).sum();
+        let contiguous = frame_raw <= CONTIGUOUS_MAX_BYTES;
         let mut header: Option<FrameHeader> = None;
         let mut state_changed = false;
         let mut compress_error = None;
@@ -365,12 +355,18 @@ impl Writer {
                             marks: Vec::new(),
                         });
                         if header.record_lens.is_empty()
+                            && !contiguous
                             && let Err(e) = self.encoder.begin_sized_frame(frame_raw)
                         {
                             compress_error.get_or_insert(e);
                         }
                         for record in &group.records {
                             header.record_lens.push(record.len() as u64);
+                            if contiguous {
+                                raw.extend_from_slice(record);
+                                raw.push(b'\n');
+                                continue;
+                            }
                             let written = self
                                 .encoder
                                 .write(record, compressed)
@@ -422,9 +418,12 @@ impl Writer {
             return Err(WalError::io("compressing a commit for", &self.dir, e));
         }
         if let Some(mut header) = header {
-            self.encoder
-                .finish_frame(compressed)
-                .map_err(|e| WalError::io("compressing a commit for", &self.dir, e))?;
+            if contiguous {
+                self.encoder.compress_whole(raw, compressed)
+            } else {
+                self.encoder.finish_frame(compressed)
+            }
+            .map_err(|e| WalError::io("compressing a commit for", &self.dir, e))?;
             header.stored_bytes = compressed.len() as u64;
             header.chunks = frame::chunk_count(compressed.len());
             let seq = plan.state.next_frame_seq;
@@ -438,6 +437,15 @@ impl Writer {
         if state_changed {
             plan.batch
                 .insert(STATE_KEY, layout::encode(&plan.state, "the WAL state")?);
+        }
+        // Plan the next commit on the state this one leads to.
+        self.state = plan.state.clone();
+        self.backlog = plan.backlog;
+        for meta in &plan.added {
+            self.segments.insert(meta.number, meta.clone());
+        }
+        for number in &plan.removed {
+            self.segments.remove(number);
         }
         Ok(plan)
     }
@@ -477,15 +485,12 @@ impl Writer {
         number: u64,
         uploaded_at_ms: u64,
     ) -> Result<SegmentMeta, WalError> {
-        let oldest = {
-            let shared = lock(&self.shared);
-            shared
-                .segments
-                .values()
-                .chain(plan.added.iter())
-                .find(|meta| !plan.removed.contains(&meta.number))
-                .cloned()
-        };
+        let oldest = self
+            .segments
+            .values()
+            .chain(plan.added.iter())
+            .find(|meta| !plan.removed.contains(&meta.number))
+            .cloned();
         let meta = match oldest {
             Some(meta) if meta.number == number => meta,
             other => {
@@ -507,7 +512,7 @@ impl Writer {
     }
 
     fn initialize(&self, plan: &mut CommitPlan, init: InitialState) -> Result<(), WalError> {
-        let has_segments = !lock(&self.shared).segments.is_empty() || !plan.added.is_empty();
+        let has_segments = !self.segments.is_empty() || !plan.added.is_empty();
         if plan.state.touched || has_segments {
             return Err(WalError::NotEmpty {
                 dir: self.dir.clone(),
@@ -533,5 +538,117 @@ impl Writer {
         state.extras = init.extras;
         state.touched = true;
         Ok(())
+    }
+}
+
+impl Committer {
+    /// Commits planned batches in order until the planner is gone.
+    fn run(self, planned: mpsc::Receiver<Planned>) {
+        let mut poisoned: Option<Arc<WalError>> = None;
+        let mut last_size_refresh = Instant::now();
+        for Planned {
+            plan,
+            replies,
+            started,
+        } in planned
+        {
+            let outcome = match (&poisoned, plan) {
+                (Some(cause), _) => Err(WalError::Poisoned {
+                    cause: cause.clone(),
+                }),
+                (None, Err(error)) => Err(error),
+                (None, Ok(plan)) => self.commit(plan),
+            };
+            let replies: Vec<Reply> = match outcome {
+                Ok(sizes_changed) => {
+                    if sizes_changed || last_size_refresh.elapsed() >= SIZE_REFRESH_EVERY {
+                        self.refresh_size();
+                        last_size_refresh = Instant::now();
+                    }
+                    self.stats.last_commit_micros.store(
+                        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    replies
+                }
+                Err(WalError::Poisoned { cause }) => {
+                    let error = || WalError::Poisoned {
+                        cause: cause.clone(),
+                    };
+                    replies.into_iter().map(|r| r.replace_success(error)).collect()
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "WAL commit failed; refusing writes until reopened");
+                    WalStats::add(&self.stats.commit_failures, 1);
+                    let cause = Arc::new(error);
+                    lock(&self.shared).poisoned = Some(cause.clone());
+                    poisoned = Some(cause.clone());
+                    let error = || WalError::CommitFailed {
+                        cause: cause.clone(),
+                    };
+                    replies.into_iter().map(|r| r.replace_success(error)).collect()
+                }
+            };
+            for reply in replies {
+                reply.send(&self.stats);
+            }
+        }
+        tracing::debug!("WAL committer stopped");
+    }
+
+    fn refresh_size(&self) {
+        match self.store.size_on_disk() {
+            Ok(bytes) => lock(&self.shared).sled_bytes = bytes,
+            Err(error) => tracing::warn!(error = %error, "cannot measure the WAL database size"),
+        }
+    }
+
+    /// Writes one planned commit and publishes it. Returns whether sizes changed enough to
+    /// measure the database again; on `Err` nothing was published.
+    fn commit(&self, plan: CommitPlan) -> Result<bool, WalError> {
+        if plan.batch.is_empty() {
+            // Every request was refused on its own: nothing to write.
+            return Ok(false);
+        }
+        self.write(plan.batch)?;
+        WalStats::add(&self.stats.commits, 1);
+        WalStats::add(&self.stats.raw_bytes, plan.raw_bytes);
+        WalStats::add(&self.stats.stored_bytes, plan.stored_bytes);
+        for meta in &plan.added {
+            WalStats::add(&self.stats.segments_sealed, 1);
+            WalStats::add(&self.stats.sealed_raw_bytes, meta.raw_bytes);
+        }
+        WalStats::add(&self.stats.segments_uploaded, plan.removed.len() as u64);
+        let mut shared = lock(&self.shared);
+        shared.state = plan.state;
+        shared.backlog = plan.backlog;
+        for meta in plan.added {
+            shared.segment_bytes += meta.stored_bytes;
+            shared.segments.insert(meta.number, meta);
+        }
+        for number in plan.removed {
+            if let Some(meta) = shared.segments.remove(&number) {
+                shared.segment_bytes -= meta.stored_bytes;
+            }
+            shared.damaged.remove(&number);
+        }
+        Ok(plan.sizes_changed)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), WalError> {
+        self.store.apply(batch)?;
+        #[cfg(test)]
+        if self
+            .faults
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(WalError::io(
+                "fsyncing (injected fault)",
+                self.store.path(),
+                std::io::Error::other("injected"),
+            ));
+        }
+        self.store.sync()
     }
 }

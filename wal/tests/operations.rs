@@ -51,6 +51,23 @@ fn a_directory_held_by_another_handle_is_refused() {
 }
 
 #[test]
+fn dropping_the_wal_releases_the_directory_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        let (wal, _) = open(tmp.path());
+        let appender = wal.appender();
+        appender.append(records("r", i..i + 1), Some(format!("{i}-0"))).wait().unwrap();
+        if i % 3 == 0 {
+            wal.seal(u64::MAX, NOW_MS).unwrap();
+        }
+        drop((appender, wal));
+    }
+    let (wal, _) = open(tmp.path());
+    assert_eq!(wal.state().cursor.as_deref(), Some("19-0"));
+    assert_eq!(wal.state().next_record_seq, 20);
+}
+
+#[test]
 fn a_non_empty_directory_without_the_marker_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("precious.txt"), b"not a WAL").unwrap();
