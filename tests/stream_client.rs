@@ -573,7 +573,7 @@ async fn bad_input_is_dead_lettered_or_skipped_and_never_stalls_the_stream() {
         log.lock().expect("lock").position.cursor.as_deref() == Some("10-0")
     })
     .await;
-    let log = log.lock().expect("lock");
+    let log = log.lock().expect("lock").clone();
     let exports = log.exports();
     let exported: Vec<(&str, Action)> = exports
         .iter()
@@ -643,7 +643,6 @@ async fn bad_input_is_dead_lettered_or_skipped_and_never_stalls_the_stream() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    drop(log);
     client.stop().await;
 }
 
@@ -669,12 +668,11 @@ async fn an_event_over_the_size_limit_is_dead_lettered_by_id_and_the_stream_goes
         log.lock().expect("lock").exports().len() == 1
     })
     .await;
-    let log = log.lock().expect("lock");
+    let log = log.lock().expect("lock").clone();
     assert_eq!(log.export_ids(), ["2-0"]);
     let dead = log.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0.as_deref(), Some("1-0"));
     assert!(dead[0].2.contains("size limit"));
-    drop(log);
     client.stop().await;
 }

@@ -280,18 +280,12 @@ impl SseFramer {
         match name {
             b"data" => self.append_data(value),
             b"event" => self.event = Some(value),
-            b"id" => {
-                if memchr::memchr(0, &value).is_none() {
-                    self.id = Some(value);
-                }
-            }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry_ms = Some(value.iter().fold(0u64, |acc, digit| {
-                        acc.saturating_mul(10)
-                            .saturating_add(u64::from(digit - b'0'))
-                    }));
-                }
+            b"id" if memchr::memchr(0, &value).is_none() => self.id = Some(value),
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry_ms = Some(value.iter().fold(0u64, |acc, digit| {
+                    acc.saturating_mul(10)
+                        .saturating_add(u64::from(digit - b'0'))
+                }));
             }
             _ => {}
         }
