@@ -12,7 +12,10 @@
 //!   non-ASCII text, an update with an `/id` reverse patch every 8 events, a dependency every 5),
 //!   the size the daemon must ingest at 50,000 events/s;
 //! - `frame+transform`: the same `live-2k` events framed from an SSE byte stream (64 KiB chunks)
-//!   and transformed, the whole per-event CPU cost before the WAL.
+//!   and transformed, the whole per-event CPU cost before the WAL;
+//! - `client/simulator`: the real stream client over HTTP on loopback against the simulator
+//!   (20,000 live events of about 2.2 KB, no files), into a pipeline stand-in that only counts:
+//!   the OpenCTI side end to end, sharing the 2 cores with the simulator.
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
@@ -202,5 +205,110 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_client(c: &mut Criterion) {
+    use opencti_stream_exporter::secret::Secret;
+    use opencti_stream_exporter::simulator::{
+        DEFAULT_STREAM_ID, EventMix, Simulator, SimulatorConfig,
+    };
+    use opencti_stream_exporter::stream::{
+        ResumePosition, StreamItem, StreamSettings, StreamStats, redirect_policy, run,
+    };
+    use std::sync::Arc;
+
+    const EVENTS: u64 = 20_000;
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        eprintln!("no tokio runtime: client benchmark skipped");
+        return;
+    };
+    let config = SimulatorConfig {
+        live_events: EVENTS,
+        knowledge_base: 50,
+        mix: EventMix {
+            files: 0.0,
+            ..EventMix::default()
+        },
+        record_events: false,
+        ..SimulatorConfig::default()
+    };
+    let Ok(sim) = runtime.block_on(Simulator::start(config, ([127, 0, 0, 1], 0).into())) else {
+        eprintln!("simulator did not start: client benchmark skipped");
+        return;
+    };
+    let last = sim
+        .live_ids()
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let base = reqwest::Url::parse(&sim.url()).expect("simulator url");
+    let token = sim.token().cloned().unwrap_or_else(|| Secret::new(""));
+    let read_all = || {
+        runtime.block_on(async {
+            let mut settings = StreamSettings::new(
+                base.clone(),
+                token.clone(),
+                Some(DEFAULT_STREAM_ID.to_owned()),
+            );
+            settings.idle_timeout = std::time::Duration::from_secs(30);
+            let http = reqwest::Client::builder()
+                .redirect(redirect_policy(&base))
+                .build()
+                .expect("client");
+            let (items, mut receiver) = tokio::sync::mpsc::channel(4096);
+            let (_accepting, accepting_rx) = tokio::sync::watch::channel(true);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(run(
+                settings,
+                http,
+                items,
+                accepting_rx,
+                cancel.clone(),
+                Arc::new(StreamStats::default()),
+            ));
+            let mut exported = 0u64;
+            while let Some(item) = receiver.recv().await {
+                match item {
+                    StreamItem::Sync(answer) => {
+                        let _ = answer.send(ResumePosition {
+                            cursor: Some("0-0".into()),
+                            recover_until: None,
+                        });
+                    }
+                    StreamItem::Export { id, line, .. } => {
+                        exported += line.len() as u64;
+                        if id == last {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cancel.cancel();
+            let _ = task.await;
+            exported
+        })
+    };
+    let before = sim.served_bytes();
+    read_all();
+    let bytes = sim.served_bytes() - before;
+    eprintln!(
+        "client/simulator: {EVENTS} events, {:.0} bytes per event on the wire",
+        bytes as f64 / EVENTS as f64
+    );
+    let mut group = c.benchmark_group("client");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes));
+    group.bench_function(BenchmarkId::new("bytes", "simulator"), |b| b.iter(read_all));
+    group.throughput(Throughput::Elements(EVENTS));
+    group.bench_function(BenchmarkId::new("events", "simulator"), |b| {
+        b.iter(read_all)
+    });
+    group.finish();
+    runtime.block_on(sim.shutdown());
+}
+
+criterion_group!(benches, bench, bench_client);
 criterion_main!(benches);
