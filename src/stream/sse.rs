@@ -26,6 +26,10 @@
 //! OpenCTI's Python client reads it (`connected` and `error` have none and must not look as if they
 //! carried the previous event's position).
 //!
+//! Why not `reqwest-eventsource`: its parser turns invalid UTF-8 into a terminal stream error, so
+//! reconnecting from the cursor would meet the same bytes forever (a stall); its data is a
+//! `String` (copies); and its retry logic cannot resume from our durable position.
+//!
 //! Cost: one `memchr2` scan per line; a single-line `data:` value that lies inside one chunk is a
 //! zero-copy slice of that chunk; only lines split across chunks and multi-line data are copied.
 
