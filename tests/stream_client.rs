@@ -474,6 +474,11 @@ async fn when_the_pipeline_stops_accepting_the_client_disconnects_and_resumes_la
         stand_in.stream_request(1).header("last-event-id"),
         Some("3-0")
     );
+    assert_eq!(
+        log.lock().expect("lock").syncs,
+        3,
+        "before connecting, when pausing, before reconnecting"
+    );
     client.stop().await;
 }
 
