@@ -474,6 +474,11 @@ async fn when_the_pipeline_stops_accepting_the_client_disconnects_and_resumes_la
         stand_in.stream_request(1).header("last-event-id"),
         Some("3-0")
     );
+    assert_eq!(
+        log.lock().expect("lock").syncs,
+        3,
+        "before connecting, when pausing, before reconnecting"
+    );
     client.stop().await;
 }
 
@@ -573,7 +578,7 @@ async fn bad_input_is_dead_lettered_or_skipped_and_never_stalls_the_stream() {
         log.lock().expect("lock").position.cursor.as_deref() == Some("10-0")
     })
     .await;
-    let log = log.lock().expect("lock");
+    let log = log.lock().expect("lock").clone();
     let exports = log.exports();
     let exported: Vec<(&str, Action)> = exports
         .iter()
@@ -643,7 +648,6 @@ async fn bad_input_is_dead_lettered_or_skipped_and_never_stalls_the_stream() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    drop(log);
     client.stop().await;
 }
 
@@ -669,12 +673,64 @@ async fn an_event_over_the_size_limit_is_dead_lettered_by_id_and_the_stream_goes
         log.lock().expect("lock").exports().len() == 1
     })
     .await;
-    let log = log.lock().expect("lock");
+    let log = log.lock().expect("lock").clone();
     assert_eq!(log.export_ids(), ["2-0"]);
     let dead = log.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0.as_deref(), Some("1-0"));
     assert!(dead[0].2.contains("size limit"));
-    drop(log);
     client.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_cursor_older_than_the_stream_warns_that_events_were_lost() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let stand_in = StandIn::stream_only(|_, _| {
+        let connected = r#"{"lastEventId":"9000-0","firstEventId":"5000-0","streamSize":12,"connectionId":"c-1"}"#;
+        let body = sse(None, "connected", connected) + &sse(Some("9000-0"), "heartbeat", "\"x\"");
+        Reply::Events { chunks: vec![Bytes::from(body)], end: End::Stall }
+    })
+    .await;
+    let (items, log) = start_pipeline(position("100-0"), 16);
+    let client = start_client(test_settings(&stand_in.base), items);
+    wait_until("the heartbeat", SOON, || {
+        log.lock().expect("lock").position.cursor.as_deref() == Some("9000-0")
+    })
+    .await;
+    let info = client
+        .stats
+        .connected_info()
+        .expect("connected info recorded");
+    assert_eq!(info.first_event_id.as_deref(), Some("5000-0"));
+    assert_eq!(info.connection_id.as_deref(), Some("c-1"));
+    client.stop().await;
+    let output = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8 logs");
+    assert_eq!(
+        output.matches("trimmed at the source and are LOST").count(),
+        1,
+        "{output}"
+    );
+
+    // Resuming inside the retained range: no such warning.
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (items, log) = start_pipeline(position("6000-0"), 16);
+    let client = start_client(test_settings(&stand_in.base), items);
+    wait_until("the heartbeat", SOON, || {
+        log.lock().expect("lock").position.cursor.as_deref() == Some("9000-0")
+    })
+    .await;
+    client.stop().await;
+    let output = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8 logs");
+    assert!(!output.contains("LOST"), "{output}");
 }

@@ -220,7 +220,7 @@ async fn lines_keep_arrival_order_while_downloads_run_concurrently() {
         log.lock().expect("lock").items.len() == 5
     })
     .await;
-    let log = log.lock().expect("lock");
+    let log = log.lock().expect("lock").clone();
     let order: Vec<String> = log
         .items
         .iter()
@@ -233,6 +233,5 @@ async fn lines_keep_arrival_order_while_downloads_run_concurrently() {
     let exports = log.exports();
     assert_eq!(file_entries(&exports[0].2)[0]["data"], "c2xvdw==");
     assert_eq!(file_entries(&exports[2].2)[0]["data"], "ZmFzdA==");
-    drop(log);
     client.stop().await;
 }

@@ -63,13 +63,18 @@ fn write(events: &[Event], endings: &[u8], comments: bool) -> Vec<u8> {
     let mut ending_index = 0;
     let mut line = |out: &mut Vec<u8>, text: &str| {
         out.extend_from_slice(text.as_bytes());
-        let mut ending: &[u8] = match endings.get(ending_index % endings.len().max(1)).copied().unwrap_or(0) % 3 {
+        let mut ending: &[u8] = match endings
+            .get(ending_index % endings.len().max(1))
+            .copied()
+            .unwrap_or(0)
+            % 3
+        {
             0 => b"\n",
             1 => b"\r",
             _ => b"\r\n",
         };
         // CR then an empty line ended by LF would be one CRLF: a server cannot mean that.
-        if text.is_empty() && out.len() >= 1 && out[out.len() - 1] == b'\r' && ending == b"\n" {
+        if text.is_empty() && out.last() == Some(&b'\r') && ending == b"\n" {
             ending = b"\r\n";
         }
         ending_index += 1;

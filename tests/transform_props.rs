@@ -72,7 +72,13 @@ fn node() -> impl Strategy<Value = Node> {
         "[ -~é€\u{1F600}\\\\\"\u{0}-\u{1f}]{0,12}".prop_map(Value::String),
     ]
     .prop_map(Node::Leaf);
-    let key = prop_oneof!["[a-d]", "[a-z_]{1,8}", Just("files".to_owned()), Just("id".to_owned()), Just("ty\"pe".to_owned())];
+    let key = prop_oneof![
+        "[a-d]",
+        "[a-z_]{1,8}",
+        Just("files".to_owned()),
+        Just("id".to_owned()),
+        Just("ty\"pe".to_owned())
+    ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..5).prop_map(Node::Array),
@@ -82,8 +88,15 @@ fn node() -> impl Strategy<Value = Node> {
 }
 
 fn payload() -> impl Strategy<Value = (Node, Vec<(String, Node)>)> {
-    let top_key = prop_oneof![Just("id".to_owned()), Just("type".to_owned()), Just("message".to_owned()), Just("origin".to_owned()), "[a-z]{1,6}"];
-    let data = proptest::collection::vec(("[a-z]{1,5}", node()), 0..5).prop_map(|members| Node::Object(members.into_iter().collect()));
+    let top_key = prop_oneof![
+        Just("id".to_owned()),
+        Just("type".to_owned()),
+        Just("message".to_owned()),
+        Just("origin".to_owned()),
+        "[a-z]{1,6}"
+    ];
+    let data = proptest::collection::vec(("[a-z]{1,5}", node()), 0..5)
+        .prop_map(|members| Node::Object(members.into_iter().collect()));
     (data, proptest::collection::vec((top_key, node()), 0..6))
 }
 

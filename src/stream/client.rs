@@ -15,7 +15,9 @@
 //! 5. the connection ends on end of stream, a network error, the idle watchdog (no event with an
 //!    id for [`StreamSettings::idle_timeout`]; time spent waiting for the pipeline does not count),
 //!    or the pipeline pausing; complete events already read are still handed over, an event cut
-//!    in the middle is discarded (the server sends it again after the cursor);
+//!    in the middle is discarded (the server sends it again after the cursor); on a pause the
+//!    connection is dropped first, then a `Sync` makes everything read durable, then the client
+//!    waits for `accepting` before starting again at 1;
 //! 6. wait a backoff delay (full jitter, reset after a connection that delivered events) and start
 //!    again at 1.
 
@@ -157,6 +159,10 @@ impl Client {
                 tracing::info!(
                     "the pipeline is not accepting events (disk budget): disconnected until it is"
                 );
+                // Everything read was handed over; wait until it is durable before idling.
+                if let Err(stop) = self.sync().await {
+                    return stop;
+                }
                 self.link = LinkState::Starting;
                 continue;
             }

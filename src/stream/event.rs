@@ -357,3 +357,72 @@ fn unix_ms() -> u64 {
             u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_are_digits_dash_digits_and_order_numerically() {
+        assert_eq!(
+            parse_stream_id("1718012350123-0"),
+            Some((1_718_012_350_123, 0))
+        );
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "1-2-3",
+            "a-1",
+            "1-0 ",
+            "+1-0",
+            "99999999999999999999-0",
+        ] {
+            assert_eq!(parse_stream_id(bad), None, "{bad:?}");
+        }
+        assert!(parse_stream_id("999-0") < parse_stream_id("1000-0"));
+        assert!(parse_stream_id("5-2") < parse_stream_id("5-10"));
+    }
+
+    #[test]
+    fn control_events_need_their_id() {
+        let stats = Arc::new(StreamStats::default());
+        let mut handler = EventHandler::new(Arc::clone(&stats), TransformOptions::default());
+        let event = |id: Option<&'static str>, name: &'static str, data: &'static str| {
+            SseFrame::Event(SseEvent {
+                id: id.map(|id| Bytes::from_static(id.as_bytes())),
+                event: Some(Bytes::from_static(name.as_bytes())),
+                data: Bytes::from_static(data.as_bytes()),
+            })
+        };
+        assert!(matches!(
+            handler.handle(event(None, "heartbeat", "\"x\"")),
+            Handled::Nothing
+        ));
+        assert!(matches!(
+            handler.handle(event(Some("not-an-id"), "heartbeat", "\"x\"")),
+            Handled::Nothing
+        ));
+        assert!(matches!(
+            handler.handle(event(Some("7-0"), "heartbeat", "\"x\"")),
+            Handled::Item(StreamItem::Advance { id }) if id == "7-0"
+        ));
+        assert!(matches!(
+            handler.handle(event(None, "no-recover", "{}")),
+            Handled::Nothing
+        ));
+        assert_eq!(stats.skipped_events.load(Relaxed), 3);
+        // A data event with an odd id is exported, never as the cursor.
+        let item = handler.handle(event(Some("abc"), "create", r#"{"data":{}}"#));
+        assert!(matches!(
+            item,
+            Handled::Item(StreamItem::Export {
+                holds_cursor: false,
+                ..
+            })
+        ));
+        assert_eq!(stats.malformed_ids.load(Relaxed), 1);
+    }
+}

@@ -26,6 +26,10 @@
 //! OpenCTI's Python client reads it (`connected` and `error` have none and must not look as if they
 //! carried the previous event's position).
 //!
+//! Why not `reqwest-eventsource`: its parser turns invalid UTF-8 into a terminal stream error, so
+//! reconnecting from the cursor would meet the same bytes forever (a stall); its data is a
+//! `String` (copies); and its retry logic cannot resume from our durable position.
+//!
 //! Cost: one `memchr2` scan per line; a single-line `data:` value that lies inside one chunk is a
 //! zero-copy slice of that chunk; only lines split across chunks and multi-line data are copied.
 
@@ -280,18 +284,12 @@ impl SseFramer {
         match name {
             b"data" => self.append_data(value),
             b"event" => self.event = Some(value),
-            b"id" => {
-                if memchr::memchr(0, &value).is_none() {
-                    self.id = Some(value);
-                }
-            }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry_ms = Some(value.iter().fold(0u64, |acc, digit| {
-                        acc.saturating_mul(10)
-                            .saturating_add(u64::from(digit - b'0'))
-                    }));
-                }
+            b"id" if memchr::memchr(0, &value).is_none() => self.id = Some(value),
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry_ms = Some(value.iter().fold(0u64, |acc, digit| {
+                    acc.saturating_mul(10)
+                        .saturating_add(u64::from(digit - b'0'))
+                }));
             }
             _ => {}
         }

@@ -133,6 +133,7 @@ pub fn member<'a>(pairs: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<
 
 /// Appends `key` as a JSON string. A borrowed key had no escape sequence in valid JSON input, so
 /// it is copied as is; an owned one (it had escapes) is escaped again.
+#[allow(clippy::ptr_arg)] // Borrowed or Owned is the information this function needs.
 pub fn write_key(out: &mut Vec<u8>, key: &Cow<'_, str>) {
     match key {
         Cow::Borrowed(key) => {

@@ -433,7 +433,8 @@ mod tests {
 
     #[test]
     fn unexportable_payloads_are_errors_not_panics() {
-        let cases: [(&[u8], fn(&TransformError) -> bool); 5] = [
+        type Check = fn(&TransformError) -> bool;
+        let cases: [(&[u8], Check); 5] = [
             (b"\xff\xfe", |e| matches!(e, TransformError::NotUtf8 { .. })),
             (b"{\"data\":", |e| {
                 matches!(e, TransformError::InvalidJson(_))

@@ -218,7 +218,7 @@ pub fn create_payload(n: u64) -> String {
 }
 
 /// What the stand-in pipeline received, and the state it answers `Sync` with.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PipelineLog {
     pub items: Vec<Received>,
     pub position: ResumePosition,
