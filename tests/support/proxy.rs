@@ -12,14 +12,14 @@
 //! ```
 //!
 //! Faults:
-//! * [`Fault::Pass`]: relay.
-//! * [`Fault::Delay`]: wait, then relay.
-//! * [`Fault::Reset`]: close the client connection at once with a TCP reset.
-//! * [`Fault::Hang`]: stop reading from the client and never answer; the connection is held
+//! * `Fault::Pass`: relay.
+//! * `Fault::Delay`: wait, then relay.
+//! * `Fault::Reset`: close the client connection at once with a TCP reset.
+//! * `Fault::Hang`: stop reading from the client and never answer; the connection is held
 //!   until the proxy is dropped (the client's own timeout must end the wait).
-//! * [`Fault::Truncate`]: relay the request, then only the first `n` bytes of the response,
+//! * `Fault::Truncate`: relay the request, then only the first `n` bytes of the response,
 //!   then close.
-//! * [`Fault::Respond`]: read the request, answer a canned S3 error (500 InternalError,
+//! * `Fault::Respond`: read the request, answer a canned S3 error (500 InternalError,
 //!   503 SlowDown, 403 AccessDenied) without contacting the server, and close.
 //!
 //! Like [`TestS3`](super::s3::TestS3), it runs on its own runtime: usable from any test.
