@@ -1,1 +1,658 @@
-//! (placeholder, filled by its part)
+//! Configuration: every variable and YAML key of the stock Python exporter with the same
+//! meaning (reference §4.5), plus this exporter's own, environment over `config.yml`.
+//!
+//! Loading validates everything up front. A missing mandatory value or an invalid one is a
+//! [`ConfigError`] naming the variable and what is wrong; the binary prints it on one line and
+//! exits with code 2. Secrets are wrapped in [`Secret`] as soon as they are read.
+
+pub mod parse;
+pub mod settings;
+pub mod source;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::Secret;
+use settings::Setting;
+pub use source::Source;
+
+/// A configuration problem: which setting, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable (or `key (file)`) the user must fix.
+    pub variable: String,
+    /// What is wrong, never containing a secret value.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A problem with `variable`.
+    pub fn new(variable: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            variable: variable.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How uploaded objects are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain UTF-8 NDJSON `.json`: what the stock `stream-importer` reads (the default).
+    None,
+    /// zstd-compressed `.json.zst`, for consumers that read it.
+    Zstd,
+}
+
+/// Which S3 request checksums the SDK computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    /// Only when an operation requires one; integrity comes from our Content-MD5. Works with
+    /// older MinIO and other S3-compatible servers that reject CRC32 trailers.
+    WhenRequired,
+    /// Whenever the SDK supports one (the SDK's default since 2025).
+    WhenSupported,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// TLS verification settings of one remote endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Verify the server certificate; `false` accepts any certificate.
+    pub verify: bool,
+    /// Extra CA certificates (PEM) to trust besides the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where and how to reach OpenCTI.
+#[derive(Debug, Clone)]
+pub struct OpenCti {
+    /// Base URL without a trailing `/`.
+    pub url: String,
+    /// API token.
+    pub token: Secret,
+    /// TLS verification for the stream, file downloads and the API.
+    pub tls: TlsSettings,
+}
+
+/// The live stream to follow and how to ask for it (reference §1.2–§1.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStream {
+    /// Stream id; `None` means the raw `/stream`.
+    pub id: Option<String>,
+    /// `listen-delete` header.
+    pub listen_delete: bool,
+    /// `no-dependencies` header.
+    pub no_dependencies: bool,
+    /// `with-inferences` header.
+    pub with_inferences: bool,
+    /// First start only: start from this epoch in milliseconds (`<ms>-0`).
+    pub start_timestamp_ms: Option<u64>,
+    /// First start only: recovery upper bound; `None` means "now" at the first start.
+    pub recover_iso_date: Option<String>,
+}
+
+/// The connector's identity on OpenCTI and its local behaviour.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    /// Connector id.
+    pub id: String,
+    /// Connector name.
+    pub name: String,
+    /// Connector scope, comma-split.
+    pub scope: Vec<String>,
+    /// `tracing` filter directive (for example `info`).
+    pub log_level: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Live stream selection.
+    pub live_stream: LiveStream,
+    /// Serve the metrics and health endpoint.
+    pub expose_metrics: bool,
+    /// Address of the metrics and health endpoint.
+    pub metrics_bind: IpAddr,
+    /// Port of the metrics and health endpoint.
+    pub metrics_port: u16,
+}
+
+/// S3 / MinIO destination.
+#[derive(Debug, Clone)]
+pub struct S3 {
+    /// Host name (or IP) of the server.
+    pub endpoint: String,
+    /// Port of the server.
+    pub port: u16,
+    /// https when true.
+    pub secure: bool,
+    /// Bucket, created if missing.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key: Secret,
+    /// Secret access key.
+    pub secret_key: Secret,
+    /// Signing region.
+    pub region: String,
+    /// TLS verification.
+    pub tls: TlsSettings,
+    /// Which request checksums the SDK adds.
+    pub checksums: Checksums,
+}
+
+impl S3 {
+    /// `http(s)://endpoint:port`.
+    pub fn endpoint_url(&self) -> String {
+        let scheme = if self.secure { "https" } else { "http" };
+        let host = if self.endpoint.contains(':') && !self.endpoint.starts_with('[') {
+            format!("[{}]", self.endpoint)
+        } else {
+            self.endpoint.clone()
+        };
+        format!("{scheme}://{host}:{}", self.port)
+    }
+}
+
+/// Where the files go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// An S3-compatible bucket.
+    S3(S3),
+    /// A local directory (removable media).
+    Directory(PathBuf),
+}
+
+/// Output naming and encoding, common to every destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Key prefix, without leading or trailing `/` (may be empty).
+    pub folder: String,
+    /// Object encoding.
+    pub compression: Compression,
+}
+
+/// Batching of events into files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Write {
+    /// Seal at least this often when events arrived.
+    pub every: Duration,
+    /// Largest file (raw NDJSON bytes).
+    pub max_bytes: u64,
+}
+
+/// The write-ahead log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSettings {
+    /// Directory of the WAL and segments.
+    pub dir: PathBuf,
+    /// Disk budget.
+    pub max_bytes: u64,
+}
+
+/// Stream client tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTuning {
+    /// Longest reconnection delay.
+    pub backoff_max: Duration,
+    /// Reconnect after this long without an event carrying an id.
+    pub idle_timeout: Duration,
+    /// Largest SSE event accepted.
+    pub max_event_bytes: u64,
+    /// Events buffered between the stream and the WAL writer.
+    pub queue_size: usize,
+}
+
+/// Attached file downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Files {
+    /// Downloads at once.
+    pub concurrency: usize,
+    /// Largest file embedded.
+    pub max_bytes: u64,
+    /// Time limit of one download.
+    pub timeout: Duration,
+    /// Keep the stock exporter's top-level `data.files` copy.
+    pub top_level_copy: bool,
+}
+
+/// Upload tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upload {
+    /// Longest delay between attempts.
+    pub backoff_max: Duration,
+    /// Time limit of one attempt.
+    pub timeout: Duration,
+    /// Multipart above this size.
+    pub multipart_threshold: u64,
+}
+
+/// The whole, validated configuration of the daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// OpenCTI endpoint and credentials.
+    pub opencti: OpenCti,
+    /// Connector identity and stream selection.
+    pub connector: Connector,
+    /// Where files go.
+    pub destination: Destination,
+    /// File naming and encoding.
+    pub output: Output,
+    /// Batching into files.
+    pub write: Write,
+    /// Write-ahead log.
+    pub wal: WalSettings,
+    /// Stream client tuning.
+    pub stream: StreamTuning,
+    /// File downloads.
+    pub files: Files,
+    /// Upload tuning.
+    pub upload: Upload,
+}
+
+/// Typed lookups over a [`Source`], turning every problem into a [`ConfigError`].
+struct Reader<'a> {
+    source: &'a Source,
+}
+
+impl Reader<'_> {
+    fn raw(&self, setting: &Setting) -> Option<source::Raw> {
+        self.source.get(setting)
+    }
+
+    /// The value, or its documented default, or `None`.
+    fn text(&self, setting: &Setting) -> Option<(String, String)> {
+        match self.raw(setting) {
+            Some(raw) => Some((raw.value, raw.origin)),
+            None => setting
+                .default
+                .map(|d| (d.to_string(), format!("{} (default)", setting.env))),
+        }
+    }
+
+    fn required(&self, setting: &Setting) -> Result<(String, String), ConfigError> {
+        match self.raw(setting) {
+            Some(raw) if !raw.value.trim().is_empty() => Ok((raw.value, raw.origin)),
+            Some(raw) => Err(ConfigError::new(raw.origin, "must not be empty")),
+            None => Err(ConfigError::new(
+                setting.env,
+                format!("is required ({})", setting.help),
+            )),
+        }
+    }
+
+    fn parsed<T>(
+        &self,
+        setting: &Setting,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.text(setting) {
+            Some((value, _)) if value.trim().is_empty() && setting.default.is_none() => Ok(None),
+            Some((value, origin)) => parse(&value)
+                .map(Some)
+                .map_err(|problem| ConfigError::new(origin, problem)),
+            None => Ok(None),
+        }
+    }
+
+    fn with_default<T>(
+        &self,
+        setting: &Setting,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parsed(setting, parse)?.ok_or_else(|| {
+            ConfigError::new(setting.env, "has no value and no default (internal error)")
+        })
+    }
+
+    fn optional_text(&self, setting: &Setting) -> Option<String> {
+        self.raw(setting)
+            .map(|raw| raw.value.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn optional_path(&self, setting: &Setting) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(raw) = self.raw(setting) else {
+            return Ok(None);
+        };
+        let value = raw.value.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(value);
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                raw.origin,
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        Ok(Some(path))
+    }
+
+    fn secret(&self, setting: &Setting) -> Result<Secret, ConfigError> {
+        // The value never goes into the error: only its variable name.
+        self.required(setting).map(|(value, _)| Secret::new(value.trim()))
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration from `source`.
+    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+        use settings as s;
+        let r = Reader { source };
+
+        let opencti = OpenCti {
+            url: {
+                let (value, origin) = r.required(&s::OPENCTI_URL)?;
+                parse::base_url(&value).map_err(|p| ConfigError::new(origin, p))?
+            },
+            token: r.secret(&s::OPENCTI_TOKEN)?,
+            tls: TlsSettings {
+                verify: r.with_default(&s::OPENCTI_SSL_VERIFY, parse::boolean)?,
+                ca_file: r.optional_path(&s::OPENCTI_CA_FILE)?,
+            },
+        };
+
+        if let Some((kind, origin)) = r.text(&s::CONNECTOR_TYPE)
+            && !kind.trim().eq_ignore_ascii_case("STREAM")
+        {
+            return Err(ConfigError::new(
+                origin,
+                format!("must be STREAM for a stream exporter, got {:?}", kind.trim()),
+            ));
+        }
+
+        let live_stream = LiveStream {
+            id: r.optional_text(&s::CONNECTOR_LIVE_STREAM_ID),
+            listen_delete: r.with_default(&s::CONNECTOR_LIVE_STREAM_LISTEN_DELETE, parse::boolean)?,
+            no_dependencies: r
+                .with_default(&s::CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES, parse::boolean)?,
+            with_inferences: r
+                .with_default(&s::CONNECTOR_LIVE_STREAM_WITH_INFERENCES, parse::boolean)?,
+            start_timestamp_ms: r.parsed(&s::CONNECTOR_LIVE_STREAM_START_TIMESTAMP, |t| {
+                parse::integer(t, 0, 99_999_999_999_999).map_err(|_| {
+                    format!(
+                        "expected an epoch in milliseconds such as 1718012300000, got {:?}",
+                        t.trim()
+                    )
+                })
+            })?,
+            recover_iso_date: r.parsed(&s::CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE, parse::iso_date)?,
+        };
+        if live_stream.id.as_deref() == Some("ChangeMe") {
+            return Err(ConfigError::new(
+                s::CONNECTOR_LIVE_STREAM_ID.env,
+                "is still the placeholder ChangeMe; set the id of the live stream to export",
+            ));
+        }
+
+        let connector = Connector {
+            id: {
+                let (value, origin) = r.required(&s::CONNECTOR_ID)?;
+                let value = value.trim().to_string();
+                if value == "ChangeMe" {
+                    return Err(ConfigError::new(
+                        origin,
+                        "is still the placeholder ChangeMe; set a UUID",
+                    ));
+                }
+                value
+            },
+            name: r
+                .text(&s::CONNECTOR_NAME)
+                .map(|(v, _)| v.trim().to_string())
+                .unwrap_or_default(),
+            scope: r
+                .text(&s::CONNECTOR_SCOPE)
+                .map(|(v, _)| {
+                    v.split(',')
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            log_level: r.with_default(&s::CONNECTOR_LOG_LEVEL, log_level)?,
+            log_format: r.with_default(&s::CONNECTOR_LOG_FORMAT, |t| {
+                match t.trim().to_ascii_lowercase().as_str() {
+                    "text" | "plain" | "human" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    other => Err(format!("expected text or json, got {other:?}")),
+                }
+            })?,
+            live_stream,
+            expose_metrics: r.with_default(&s::CONNECTOR_EXPOSE_METRICS, parse::boolean)?,
+            metrics_bind: r.with_default(&s::CONNECTOR_METRICS_BIND, |t| {
+                t.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("expected an IP address such as 0.0.0.0, got {:?}", t.trim()))
+            })?,
+            metrics_port: r.with_default(&s::CONNECTOR_METRICS_PORT, parse::port)?,
+        };
+
+        let output = Output {
+            folder: r
+                .text(&s::MINIO_FOLDER)
+                .map(|(v, _)| v.trim().trim_matches('/').to_string())
+                .unwrap_or_default(),
+            compression: r.with_default(&s::MINIO_COMPRESSION, |t| {
+                match t.trim().to_ascii_lowercase().as_str() {
+                    "none" | "" => Ok(Compression::None),
+                    "zstd" => Ok(Compression::Zstd),
+                    other => Err(format!("expected none or zstd, got {other:?}")),
+                }
+            })?,
+        };
+
+        let destination = match r.optional_text(&s::EXPORT_DIR) {
+            Some(dir) => Destination::Directory(PathBuf::from(dir)),
+            None => Destination::S3(S3 {
+                endpoint: {
+                    let (value, origin) = r.required(&s::MINIO_ENDPOINT)?;
+                    s3_host(&value).map_err(|p| ConfigError::new(origin, p))?
+                },
+                port: {
+                    let (value, origin) = r.required(&s::MINIO_PORT)?;
+                    parse::port(&value).map_err(|p| ConfigError::new(origin, p))?
+                },
+                secure: r.with_default(&s::MINIO_SECURE, parse::boolean)?,
+                bucket: {
+                    let (value, origin) = r.required(&s::MINIO_BUCKET)?;
+                    bucket_name(value.trim()).map_err(|p| ConfigError::new(origin, p))?
+                },
+                access_key: r.secret(&s::MINIO_ACCESS_KEY)?,
+                secret_key: r.secret(&s::MINIO_SECRET_KEY)?,
+                region: r
+                    .text(&s::MINIO_REGION)
+                    .map(|(v, _)| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "us-east-1".to_string()),
+                tls: TlsSettings {
+                    verify: r.with_default(&s::MINIO_CERT_CHECK, parse::boolean)?,
+                    ca_file: r.optional_path(&s::MINIO_CA_FILE)?,
+                },
+                checksums: r.with_default(&s::MINIO_CHECKSUMS, |t| {
+                    match t.trim().to_ascii_lowercase().as_str() {
+                        "when_required" => Ok(Checksums::WhenRequired),
+                        "when_supported" => Ok(Checksums::WhenSupported),
+                        other => Err(format!(
+                            "expected when_required or when_supported, got {other:?}"
+                        )),
+                    }
+                })?,
+            }),
+        };
+
+        let write = Write {
+            every: r.with_default(&s::WRITE_EVERY_SEC, parse::seconds)?,
+            max_bytes: r.with_default(&s::WRITE_MAX_BYTES, |t| {
+                at_least(parse::bytes(t)?, 1024, "1024 bytes")
+            })?,
+        };
+        let wal = WalSettings {
+            dir: r
+                .text(&s::WAL_DIR)
+                .map(|(v, _)| PathBuf::from(v.trim()))
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            max_bytes: r.with_default(&s::WAL_MAX_BYTES, |t| {
+                at_least(parse::bytes(t)?, 1 << 20, "1MiB")
+            })?,
+        };
+        if wal.max_bytes < write.max_bytes.saturating_mul(2) {
+            return Err(ConfigError::new(
+                s::WAL_MAX_BYTES.env,
+                format!(
+                    "must be at least twice WRITE_MAX_BYTES ({} bytes) so a full file and the \
+                     events that follow it fit, got {} bytes",
+                    write.max_bytes, wal.max_bytes
+                ),
+            ));
+        }
+
+        let stream = StreamTuning {
+            backoff_max: r.with_default(&s::STREAM_BACKOFF_MAX_SEC, parse::seconds)?,
+            idle_timeout: r.with_default(&s::STREAM_IDLE_TIMEOUT_SEC, parse::seconds)?,
+            max_event_bytes: r.with_default(&s::STREAM_MAX_EVENT_BYTES, |t| {
+                at_least(parse::bytes(t)?, 64 * 1024, "64KiB")
+            })?,
+            queue_size: r.with_default(&s::QUEUE_SIZE, |t| {
+                parse::integer(t, 1, 1_000_000).map(|n| n as usize)
+            })?,
+        };
+        let files = Files {
+            concurrency: r.with_default(&s::FILES_CONCURRENCY, |t| {
+                parse::integer(t, 1, 64).map(|n| n as usize)
+            })?,
+            max_bytes: r.with_default(&s::FILES_MAX_BYTES, parse::bytes)?,
+            timeout: r.with_default(&s::FILES_TIMEOUT_SEC, parse::seconds)?,
+            top_level_copy: r.with_default(&s::FILES_TOP_LEVEL_COPY, parse::boolean)?,
+        };
+        let upload = Upload {
+            backoff_max: r.with_default(&s::UPLOAD_BACKOFF_MAX_SEC, parse::seconds)?,
+            timeout: r.with_default(&s::UPLOAD_TIMEOUT_SEC, parse::seconds)?,
+            multipart_threshold: r.with_default(&s::UPLOAD_MULTIPART_THRESHOLD, |t| {
+                at_least(parse::bytes(t)?, 5 << 20, "5MiB (the S3 minimum part size)")
+            })?,
+        };
+
+        Ok(Self {
+            opencti,
+            connector,
+            destination,
+            output,
+            write,
+            wal,
+            stream,
+            files,
+            upload,
+        })
+    }
+
+    /// Settings the stock exporter accepted that this one ignores, with a reason, to log once
+    /// at start-up.
+    pub fn ignored_settings(source: &Source) -> Vec<String> {
+        [
+            &settings::CONNECTOR_CONSUMER_COUNT,
+            &settings::CONNECTOR_CONFIDENCE_LEVEL,
+        ]
+        .into_iter()
+        .filter_map(|setting| {
+            source
+                .get(setting)
+                .map(|raw| format!("{} is ignored: {}", raw.origin, setting.help))
+        })
+        .collect()
+    }
+}
+
+fn at_least(value: u64, min: u64, shown: &str) -> Result<u64, String> {
+    if value < min {
+        Err(format!("must be at least {shown}, got {value}"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn log_level(text: &str) -> Result<String, String> {
+    let level = text.trim().to_ascii_lowercase();
+    let level = match level.as_str() {
+        "warning" => "warn".to_string(),
+        "critical" => "error".to_string(),
+        _ => level,
+    };
+    let known = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_directive = level.contains('=');
+    if (known.contains(&level.as_str()) || is_directive)
+        && tracing_subscriber::EnvFilter::try_new(&level).is_ok()
+    {
+        Ok(level)
+    } else {
+        Err(format!(
+            "expected error, warn, info, debug or trace (or a directive such as \
+             info,opencti_stream_exporter=debug), got {:?}",
+            text.trim()
+        ))
+    }
+}
+
+/// The MinIO endpoint is a host name, as in the stock exporter (`MINIO_PORT` and
+/// `MINIO_SECURE` give the rest); a full URL is accepted and reduced to its host when its
+/// scheme and port agree with those settings.
+fn s3_host(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let host = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .unwrap_or(trimmed);
+    if host.is_empty() || host.contains('/') || host.contains('@') || host.contains(char::is_whitespace) {
+        return Err(format!(
+            "expected a host name such as minio (the port goes in MINIO_PORT), got {trimmed:?}"
+        ));
+    }
+    if let Some((name, port)) = host.rsplit_once(':')
+        && !name.contains(':')
+        && port.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err(format!(
+            "expected a host name without a port (set MINIO_PORT={port}), got {trimmed:?}"
+        ));
+    }
+    Ok(host.to_string())
+}
+
+/// S3 bucket naming rules (3–63 characters of lowercase letters, digits, `.` and `-`,
+/// starting and ending with a letter or digit).
+fn bucket_name(name: &str) -> Result<String, String> {
+    let valid_chars = name
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+    let valid_ends = name
+        .bytes()
+        .next()
+        .zip(name.bytes().last())
+        .is_some_and(|(a, b)| a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric());
+    if (3..=63).contains(&name.len()) && valid_chars && valid_ends {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "expected a bucket name of 3 to 63 lowercase letters, digits, dots and hyphens, got {name:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile on the official Rust image, run on slim Debian as a non-root user.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so they stay cached while the sources change.
+COPY Cargo.toml Cargo.lock ./
+COPY wal/Cargo.toml wal/Cargo.toml
+RUN mkdir -p src wal/src benches examples \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs wal/src/lib.rs \
+ && cargo fetch --locked
+COPY . .
+RUN cargo build --release --locked --bin opencti-stream-exporter \
+ && strip target/release/opencti-stream-exporter
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 exporter \
+ && useradd --system --uid 10001 --gid exporter --home-dir /data --shell /usr/sbin/nologin exporter \
+ && mkdir -p /data && chown exporter:exporter /data && chmod 0700 /data
+COPY --from=build /src/target/release/opencti-stream-exporter /usr/local/bin/opencti-stream-exporter
+ENV WAL_DIR=/data \
+    CONNECTOR_TYPE=STREAM \
+    CONNECTOR_METRICS_PORT=9095
+VOLUME /data
+WORKDIR /data
+USER exporter:exporter
+EXPOSE 9095
+# The health check is the binary itself: no curl in the image.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["opencti-stream-exporter", "healthcheck"]
+# SIGTERM stops reading, finishes or abandons the upload in flight, and exits 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["opencti-stream-exporter"]
+CMD ["run"]

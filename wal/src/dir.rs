@@ -1,0 +1,140 @@
+//! The WAL directory: exclusive lock, format marker, and fsync helpers.
+//!
+//! A directory is accepted when it is missing, empty (a leftover `LOCK` file aside), or carries
+//! the format marker. The marker is written (and synced) before anything else, so a crash during
+//! creation leaves either an empty directory or a WAL, never a directory that is refused later.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::WalError;
+
+/// The lock file, held (advisory `flock`) for as long as the WAL is open.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+/// The format marker file.
+pub(crate) const FORMAT_FILE: &str = "WAL_FORMAT";
+/// The temporary name the marker is written under before its rename.
+const FORMAT_TMP_FILE: &str = "WAL_FORMAT.tmp";
+/// What the marker holds for this format.
+pub(crate) const FORMAT: &str = "opencti-stream-exporter wal 1";
+/// The folder of sealed segment files.
+pub(crate) const SEGMENTS_DIR: &str = "segments";
+
+/// An open WAL directory; the lock is released when this is dropped.
+#[derive(Debug)]
+pub(crate) struct WalDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl WalDir {
+    /// Creates the directory if needed, takes its lock, checks or writes the format marker and
+    /// creates `segments/`.
+    pub fn open(path: &Path) -> Result<WalDir, WalError> {
+        std::fs::create_dir_all(path).map_err(|e| WalError::io("creating", path, e))?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| WalError::io("opening lock file", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(WalError::Locked {
+                    dir: path.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(WalError::io("locking", &lock_path, e));
+            }
+        }
+        check_or_write_format(path)?;
+        let segments = path.join(SEGMENTS_DIR);
+        if !segments.is_dir() {
+            std::fs::create_dir_all(&segments)
+                .map_err(|e| WalError::io("creating", &segments, e))?;
+            sync_dir(path)?;
+        }
+        Ok(WalDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The WAL directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The folder of sealed segments.
+    pub fn segments(&self) -> PathBuf {
+        self.path.join(SEGMENTS_DIR)
+    }
+}
+
+fn check_or_write_format(dir: &Path) -> Result<(), WalError> {
+    let marker = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim_end() == FORMAT => return Ok(()),
+        Ok(found) => {
+            return Err(WalError::UnsupportedFormat {
+                path: marker,
+                found: found.trim_end().chars().take(80).collect(),
+                expected: FORMAT,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(WalError::io("reading format marker", &marker, e)),
+    }
+    let mut others: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| WalError::io("listing", dir, e))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        // A crash while writing the marker may leave its temporary file behind.
+        .filter(|name| name != LOCK_FILE && name != FORMAT_TMP_FILE)
+        .collect();
+    if !others.is_empty() {
+        others.sort();
+        let shown = others.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let more = others.len().saturating_sub(5);
+        return Err(WalError::NotAWal {
+            dir: dir.to_path_buf(),
+            marker: FORMAT_FILE,
+            found: if more > 0 {
+                format!("{shown} and {more} more")
+            } else {
+                shown
+            },
+        });
+    }
+    write_atomically(&marker, format!("{FORMAT}\n").as_bytes())
+}
+
+/// Writes `bytes` to `path` through a synced temporary file, a rename and a directory sync.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WalError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(|e| WalError::io("creating", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| WalError::io("writing", &tmp, e))?;
+    file.sync_all().map_err(|e| WalError::io("fsyncing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| WalError::io("renaming into place", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// fsyncs a directory, so that entries created, renamed or removed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io("fsyncing directory", dir, e))
+}
+
+/// fsyncs an existing file.
+pub(crate) fn sync_file(path: &Path) -> Result<(), WalError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| WalError::io("fsyncing", path, e))
+}

@@ -1,0 +1,376 @@
+//! Sealing: the oldest unsealed records become segment N.
+//!
+//! Invariant kept here (DESIGN.md 3, "gapless, ordered files"): a segment is registered only
+//! after its file is complete and durable (written under a temporary name, fsynced, renamed, the
+//! directory fsynced), and registration, the removal of its records and the move of the "first
+//! unsealed" position are one atomic commit. Numbers come from the state (`next_file_number`),
+//! timestamps are `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
+//!
+//! Speed: a frame taken whole and large enough is copied into the segment as it is stored (a
+//! segment file is a sequence of zstd frames), so sealing costs one decompression and two MD5s
+//! per byte, not a recompression. Small frames (written when appends trickle in) and the parts of
+//! a frame cut by the byte limit are recompressed together into larger frames, which keeps
+//! segments compact when the load is light.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+use crate::compress::FrameEncoder;
+use crate::error::WalError;
+use crate::frame::{self, ChunkStream, FrameHeader};
+use crate::segment::{self, SegmentMeta};
+use crate::state::{Position, StoredState};
+use crate::store::Store;
+
+/// Frames with at least this many raw bytes, taken whole, are copied without recompression.
+const COPY_MIN_RAW_BYTES: u64 = 64 * 1024;
+/// Buffer raw bytes are decoded into.
+const DECODE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A written segment, ready to be registered by the writer.
+#[derive(Debug)]
+pub(crate) struct SealPlan {
+    /// Its entry.
+    pub meta: SegmentMeta,
+    /// The first unsealed position the seal started from (checked by the writer).
+    pub from: Position,
+    /// The first unsealed position after it.
+    pub to: Position,
+    /// Frames whose records are all sealed now: (sequence, chunk count).
+    pub removed_frames: Vec<(u64, u32)>,
+}
+
+/// What a seal is asked to produce.
+pub(crate) struct SealRequest<'a> {
+    pub store: &'a Store,
+    pub segments_dir: &'a Path,
+    pub state: &'a StoredState,
+    pub max_raw_bytes: u64,
+    pub number: u64,
+    pub ts_ms: u64,
+    pub now_ms: u64,
+    pub zstd_level: i32,
+}
+
+/// Writes segment `number` from the oldest unsealed records of `state` and returns what the
+/// writer must register; `None` when nothing is unsealed. The file is durable under its final
+/// name when this returns.
+pub(crate) fn write_segment(request: &SealRequest<'_>) -> Result<Option<SealPlan>, WalError> {
+    let state = request.state;
+    if state.first_unsealed.frame >= state.next_frame_seq {
+        return Ok(None);
+    }
+    let tmp = segment::segment_tmp_path(request.segments_dir, request.number);
+    let result = fill_segment(request, &tmp);
+    if result.is_err() {
+        // Best effort: an orphan left here is also removed at the next open.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(Some)
+}
+
+fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalError> {
+    let state = request.state;
+    let mut out = SegmentBuilder::create(tmp, request.zstd_level)?;
+    let from = state.first_unsealed;
+    let mut pos = from;
+    let mut first_cursor = None;
+    let mut removed_frames = Vec::new();
+    let last_cursor;
+    loop {
+        if pos.frame >= state.next_frame_seq {
+            // Everything durable is sealed: the current cursor skips nothing unsealed.
+            last_cursor = state.cursor.clone();
+            break;
+        }
+        let header = FrameHeader::load(request.store, pos.frame)?;
+        if header.first_seq + pos.record != pos.seq || pos.record > header.records() {
+            return Err(WalError::corrupt(format!(
+                "frame {} starts at record {} with {} records, but the first unsealed record is \
+                 {} at index {}",
+                pos.frame,
+                header.first_seq,
+                header.records(),
+                pos.seq,
+                pos.record
+            )));
+        }
+        if out.records == 0 {
+            first_cursor = header.cursor_at(pos.record);
+        }
+        let budget = request.max_raw_bytes.saturating_sub(out.raw_bytes);
+        let (take, take_bytes) = fitting_records(&header, pos.record, budget, out.records == 0);
+        if take == 0 {
+            last_cursor = header.cursor_at(pos.record);
+            break;
+        }
+        let whole = pos.record + take == header.records();
+        if whole && pos.record == 0 && header.raw_bytes >= COPY_MIN_RAW_BYTES {
+            out.copy_frame(request.store, pos.frame, &header)?;
+        } else {
+            out.recompress_part(request.store, pos.frame, &header, pos.raw_offset, take_bytes, take)?;
+        }
+        if whole {
+            removed_frames.push((pos.frame, header.chunks));
+            pos = Position::frame_start(pos.frame + 1, pos.seq + take);
+        } else {
+            pos = Position {
+                frame: pos.frame,
+                record: pos.record + take,
+                raw_offset: pos.raw_offset + take_bytes,
+                seq: pos.seq + take,
+            };
+            last_cursor = header.cursor_at(pos.record);
+            break;
+        }
+    }
+    let (raw_md5, raw_bytes, records, stored_md5, stored_bytes) = out.finish(tmp)?;
+    let path = segment::segment_path(request.segments_dir, request.number);
+    std::fs::rename(tmp, &path).map_err(|e| WalError::io("renaming segment into place", &path, e))?;
+    crate::dir::sync_dir(request.segments_dir)?;
+    Ok(SealPlan {
+        meta: SegmentMeta {
+            number: request.number,
+            ts_ms: request.ts_ms,
+            first_cursor,
+            last_cursor,
+            first_record: from.seq,
+            records,
+            raw_bytes,
+            raw_md5,
+            stored_bytes,
+            stored_md5,
+            sealed_at_ms: request.now_ms,
+        },
+        from,
+        to: pos,
+        removed_frames,
+    })
+}
+
+/// How many records of `header` from `start` fit in `budget` raw bytes, and their raw size. The
+/// first record of a segment is taken even when it alone exceeds the budget.
+fn fitting_records(header: &FrameHeader, start: u64, budget: u64, segment_empty: bool) -> (u64, u64) {
+    let mut take = 0;
+    let mut bytes = 0;
+    for len in &header.record_lens[start as usize..] {
+        let size = len + 1;
+        if bytes + size <= budget || (segment_empty && take == 0) {
+            bytes += size;
+            take += 1;
+        } else {
+            break;
+        }
+    }
+    (take, bytes)
+}
+
+/// The segment file being written, with the running MD5s and lengths.
+struct SegmentBuilder {
+    stored: StoredWriter,
+    encoder: FrameEncoder,
+    raw_md5: Md5,
+    raw_bytes: u64,
+    records: u64,
+    buffer: Vec<u8>,
+    path: PathBuf,
+}
+
+/// The stored bytes: hashed and counted on their way to the file.
+struct StoredWriter {
+    file: BufWriter<File>,
+    md5: Md5,
+    bytes: u64,
+}
+
+impl Write for StoredWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.md5.update(buf);
+        self.bytes += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl SegmentBuilder {
+    fn create(path: &Path, zstd_level: i32) -> Result<Self, WalError> {
+        let file = File::create(path).map_err(|e| WalError::io("creating segment", path, e))?;
+        let encoder = FrameEncoder::new(zstd_level)
+            .map_err(|e| WalError::io("starting zstd for segment", path, e))?;
+        Ok(SegmentBuilder {
+            stored: StoredWriter {
+                file: BufWriter::with_capacity(256 * 1024, file),
+                md5: Md5::new(),
+                bytes: 0,
+            },
+            encoder,
+            raw_md5: Md5::new(),
+            raw_bytes: 0,
+            records: 0,
+            buffer: vec![0; DECODE_BUFFER_BYTES],
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn io_error(&self, action: &'static str) -> impl FnOnce(io::Error) -> WalError + '_ {
+        move |e| WalError::io(action, &self.path, e)
+    }
+
+    /// Appends frame `seq` as it is stored, decoding it only to hash its raw content.
+    fn copy_frame(&mut self, store: &Store, seq: u64, header: &FrameHeader) -> Result<(), WalError> {
+        let path = self.path.clone();
+        self.encoder
+            .finish_frame(&mut self.stored)
+            .map_err(|e| WalError::io("writing segment", &path, e))?;
+        let stream = ChunkStream::new(store, seq, header, Some(&mut self.stored));
+        let mut decoder = frame::decoder(stream).map_err(|e| frame_error(seq, e))?;
+        let mut raw = 0u64;
+        let mut newlines = 0u64;
+        loop {
+            let n = decoder.read(&mut self.buffer).map_err(|e| frame_error(seq, e))?;
+            if n == 0 {
+                break;
+            }
+            let data = &self.buffer[..n];
+            self.raw_md5.update(data);
+            newlines += count_newlines(data);
+            raw += n as u64;
+        }
+        decoder.finish().drain().map_err(|e| frame_error(seq, e))?;
+        if raw != header.raw_bytes || newlines != header.records() {
+            return Err(WalError::corrupt(format!(
+                "frame {seq} decodes to {raw} bytes and {newlines} lines, its header says {} \
+                 bytes and {} records",
+                header.raw_bytes,
+                header.records()
+            )));
+        }
+        self.raw_bytes += raw;
+        self.records += newlines;
+        Ok(())
+    }
+
+    /// Appends `take_bytes` raw bytes (`take` records) of frame `seq` starting at `skip`,
+    /// recompressed.
+    fn recompress_part(
+        &mut self,
+        store: &Store,
+        seq: u64,
+        header: &FrameHeader,
+        skip: u64,
+        take_bytes: u64,
+        take: u64,
+    ) -> Result<(), WalError> {
+        let stream = ChunkStream::new(store, seq, header, None);
+        let mut decoder = frame::decoder(stream).map_err(|e| frame_error(seq, e))?;
+        let mut to_skip = skip;
+        let mut left = take_bytes;
+        let mut newlines = 0u64;
+        while left > 0 {
+            let want = if to_skip > 0 {
+                to_skip.min(self.buffer.len() as u64)
+            } else {
+                left.min(self.buffer.len() as u64)
+            } as usize;
+            let n = decoder
+                .read(&mut self.buffer[..want])
+                .map_err(|e| frame_error(seq, e))?;
+            if n == 0 {
+                return Err(WalError::corrupt(format!(
+                    "frame {seq} ends before the {} raw bytes its header promises",
+                    skip + take_bytes
+                )));
+            }
+            if to_skip > 0 {
+                to_skip -= n as u64;
+                continue;
+            }
+            let data = &self.buffer[..n];
+            self.raw_md5.update(data);
+            newlines += count_newlines(data);
+            self.encoder
+                .write(data, &mut self.stored)
+                .map_err(|e| WalError::io("writing segment", &self.path, e))?;
+            left -= n as u64;
+        }
+        if newlines != take {
+            return Err(WalError::corrupt(format!(
+                "frame {seq} holds {newlines} lines where its header puts {take} records"
+            )));
+        }
+        self.raw_bytes += take_bytes;
+        self.records += take;
+        Ok(())
+    }
+
+    /// Ends the last frame, flushes and fsyncs the file. Returns the raw MD5 and length, the
+    /// record count, and the stored MD5 and length.
+    fn finish(mut self, path: &Path) -> Result<([u8; 16], u64, u64, [u8; 16], u64), WalError> {
+        self.encoder
+            .finish_frame(&mut self.stored)
+            .map_err(self.io_error("writing segment"))?;
+        self.stored.flush().map_err(self.io_error("writing segment"))?;
+        let file = self
+            .stored
+            .file
+            .into_inner()
+            .map_err(|e| WalError::io("writing segment", path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| WalError::io("fsyncing segment", path, e))?;
+        Ok((
+            self.raw_md5.finalize().into(),
+            self.raw_bytes,
+            self.records,
+            self.stored.md5.finalize().into(),
+            self.stored.bytes,
+        ))
+    }
+}
+
+fn count_newlines(data: &[u8]) -> u64 {
+    data.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+fn frame_error(seq: u64, error: io::Error) -> WalError {
+    WalError::corrupt(format!("frame {seq} cannot be read: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(lens: &[u64]) -> FrameHeader {
+        FrameHeader {
+            first_seq: 0,
+            record_lens: lens.to_vec(),
+            raw_bytes: lens.iter().map(|l| l + 1).sum(),
+            stored_bytes: 0,
+            chunks: 0,
+            cursor_before: None,
+            marks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_are_taken_up_to_the_byte_limit_exactly() {
+        let h = header(&[9, 9, 9, 9]);
+        assert_eq!(fitting_records(&h, 0, 30, true), (3, 30));
+        assert_eq!(fitting_records(&h, 0, 29, true), (2, 20));
+        assert_eq!(fitting_records(&h, 1, 1000, true), (3, 30));
+        assert_eq!(fitting_records(&h, 0, 9, false), (0, 0));
+    }
+
+    #[test]
+    fn a_record_larger_than_the_limit_is_taken_alone_into_an_empty_segment() {
+        let h = header(&[99, 1]);
+        assert_eq!(fitting_records(&h, 0, 10, true), (1, 100));
+        assert_eq!(fitting_records(&h, 0, 10, false), (0, 0));
+    }
+}

@@ -1,0 +1,201 @@
+//! The embedded key-value store (sled 0.34), kept behind a small API so it could be replaced.
+//!
+//! Durability: sled's `flush()` writes its log with `sync_file_range` on Linux, which does not
+//! flush the drive's cache nor file metadata, so it does not survive a power loss (sled issue
+//! #1452). [`Store::sync`] therefore follows every flush with an `fsync` of sled's data file, and
+//! of any blob file (plus the blob directory) sled wrote without syncing. Chunk sizes are chosen
+//! (see [`crate::layout::CHUNK_BYTES`]) so that no blob is ever written; the blob sync is a safety
+//! net that costs one empty directory listing per commit.
+//!
+//! sled's background flusher is off: the WAL flushes when it commits and at no other time, so
+//! nothing reaches disk half-way between two commits that was not already atomic in sled's log.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::WalError;
+
+/// A value read from the store (cheap to clone, derefs to bytes).
+pub(crate) type Value = sled::IVec;
+
+/// Name of the database directory inside the WAL directory.
+pub(crate) const DB_DIR: &str = "db";
+
+/// The database: one tree, atomic batches, explicit durable sync.
+pub(crate) struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    data_file: File,
+    blobs_dir: PathBuf,
+    /// Blob files already fsynced (only touched by [`Store::sync`], i.e. the writer thread).
+    synced_blobs: Mutex<BTreeSet<std::ffi::OsString>>,
+}
+
+/// Writes applied together, atomically (also across a crash).
+#[derive(Default)]
+pub(crate) struct WriteBatch {
+    batch: sled::Batch,
+    operations: usize,
+}
+
+impl WriteBatch {
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: &[u8], value: impl AsRef<[u8]>) {
+        self.batch.insert(key, value.as_ref());
+        self.operations += 1;
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &[u8]) {
+        self.batch.remove(key);
+        self.operations += 1;
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.operations == 0
+    }
+}
+
+fn store_error(
+    action: &'static str,
+    path: &Path,
+    source: sled::Error,
+) -> WalError {
+    WalError::Store {
+        action,
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir/db`. Returns whether it was created.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<(Store, bool), WalError> {
+        let path = dir.join(DB_DIR);
+        let created = !path.join("db").exists();
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| store_error("opening the database", &path, e))?;
+        let data_path = path.join("db");
+        let data_file =
+            File::open(&data_path).map_err(|e| WalError::io("opening", &data_path, e))?;
+        let store = Store {
+            db,
+            blobs_dir: path.join("blobs"),
+            path,
+            data_file,
+            synced_blobs: Mutex::new(BTreeSet::new()),
+        };
+        if created {
+            // sled writes its config file without syncing it: make the new database durable
+            // before anything depends on it.
+            store.sync()?;
+            crate::dir::sync_file(&store.path.join("conf"))?;
+            crate::dir::sync_dir(&store.path)?;
+        }
+        Ok((store, created))
+    }
+
+    /// The database directory.
+    #[cfg(test)]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads one value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>, WalError> {
+        self.db
+            .get(key)
+            .map_err(|e| store_error("reading a value", &self.path, e))
+    }
+
+    /// Iterates over keys in `[from, to)` in key order.
+    pub fn range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = Result<(Value, Value), WalError>> + use<'_> {
+        self.db
+            .range(from.to_vec()..to.to_vec())
+            .map(|item| item.map_err(|e| store_error("scanning a range", &self.path, e)))
+    }
+
+    /// Iterates over every key starting with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Value, Value), WalError>> + use<'_> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|item| item.map_err(|e| store_error("scanning keys", &self.path, e)))
+    }
+
+    /// Applies a batch atomically (in memory; durable after [`Store::sync`]).
+    pub fn apply(&self, batch: WriteBatch) -> Result<(), WalError> {
+        self.db
+            .apply_batch(batch.batch)
+            .map_err(|e| store_error("applying a commit batch", &self.path, e))
+    }
+
+    /// Makes everything applied so far durable: sled flush, then fsync of its data file and of
+    /// any blob file not synced yet.
+    pub fn sync(&self) -> Result<(), WalError> {
+        self.db
+            .flush()
+            .map_err(|e| store_error("flushing the log", &self.path, e))?;
+        self.data_file
+            .sync_all()
+            .map_err(|e| WalError::io("fsyncing", self.path.join("db"), e))?;
+        self.sync_new_blobs()
+    }
+
+    /// Bytes sled occupies on disk (its data file plus blobs). Stats files: cache the result.
+    pub fn size_on_disk(&self) -> Result<u64, WalError> {
+        self.db
+            .size_on_disk()
+            .map_err(|e| store_error("measuring the size on disk", &self.path, e))
+    }
+
+    fn sync_new_blobs(&self) -> Result<(), WalError> {
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(WalError::io("listing", &self.blobs_dir, e)),
+        };
+        let mut present = BTreeSet::new();
+        let mut synced_any = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| WalError::io("listing", &self.blobs_dir, e))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(file) => file
+                        .sync_all()
+                        .map_err(|e| WalError::io("fsyncing blob", entry.path(), e))?,
+                    // sled removes blobs it no longer needs, possibly while we list them.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(WalError::io("opening blob", entry.path(), e)),
+                }
+                synced_any = true;
+                tracing::debug!(blob = ?entry.path(), "fsynced a sled blob file");
+            }
+            present.insert(name);
+        }
+        if synced_any {
+            crate::dir::sync_dir(&self.blobs_dir)?;
+        }
+        *synced = present;
+        Ok(())
+    }
+}
