@@ -11,7 +11,7 @@ use support::s3::TestS3;
 
 const BUCKET: &str = "faults";
 /// Idle timeout of the sink in these tests: a hang must end in about this long.
-const IDLE: Duration = Duration::from_millis(800);
+const IDLE: Duration = Duration::from_millis(1500);
 /// Generous bound on any failing call (several idle timeouts): "bounded time".
 const BOUND: Duration = Duration::from_secs(10);
 

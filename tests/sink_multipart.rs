@@ -172,7 +172,7 @@ async fn read_ahead_when_the_server_hangs(
     let proxy = FaultProxy::start(s3.addr());
     let mut settings = settings_for(&s3);
     settings.endpoint = proxy.endpoint();
-    settings.idle_timeout = Duration::from_millis(800);
+    settings.idle_timeout = Duration::from_millis(1500);
     let sink = S3Sink::new(settings).unwrap();
     let len = 256 * MIB;
     // The MD5 is never reached: the upload cannot complete.
