@@ -196,6 +196,39 @@ mod tests {
     }
 
     #[test]
+    fn disabling_verification_logs_a_warning() {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let options = TlsOptions {
+            verify: false,
+            ca_file: None,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            reqwest_client_builder(&options).unwrap().build().unwrap();
+        });
+        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("WARN"), "{logged}");
+        assert!(logged.contains("verification is disabled"), "{logged}");
+    }
+
+    #[test]
     fn default_options_build_a_client() {
         let builder = reqwest_client_builder(&TlsOptions::default()).unwrap();
         assert!(builder.build().is_ok());

@@ -11,7 +11,7 @@ use support::s3::TestS3;
 
 const BUCKET: &str = "faults";
 /// Idle timeout of the sink in these tests: a hang must end in about this long.
-const IDLE: Duration = Duration::from_millis(800);
+const IDLE: Duration = Duration::from_millis(1500);
 /// Generous bound on any failing call (several idle timeouts): "bounded time".
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -162,4 +162,59 @@ async fn the_upstream_down_behind_the_proxy_is_a_network_error() {
         assert!(Instant::now() < deadline, "no recovery after restart");
     }
     assert_eq!(t.s3.keys(BUCKET), ["a.json"]);
+}
+
+/// What goes on the wire, as a production server sees it: a signed PUT with a known length,
+/// `Content-MD5`, `UNSIGNED-PAYLOAD`, and no checksum trailer (which older MinIO refuses) unless
+/// asked for.
+#[tokio::test]
+async fn uploads_carry_content_md5_and_no_checksum_trailer_by_default() {
+    let t = setup();
+    let body = body();
+    t.sink.put("a.json", &body).await.unwrap();
+    let heads = t.proxy.request_heads();
+    let put = heads
+        .iter()
+        .find(|h| h.starts_with("PUT /faults/a.json"))
+        .expect("the PUT went through the proxy")
+        .to_ascii_lowercase();
+    assert!(
+        put.contains(&format!("content-md5: {}", body.md5_base64()).to_ascii_lowercase()),
+        "{put}"
+    );
+    assert!(
+        put.contains(&format!("content-length: {}", body.len)),
+        "{put}"
+    );
+    assert!(
+        put.contains("x-amz-content-sha256: unsigned-payload"),
+        "{put}"
+    );
+    assert!(put.contains("authorization: aws4-hmac-sha256"), "{put}");
+    assert!(put.contains("content-md5"), "{put}");
+    assert!(!put.contains("x-amz-trailer"), "{put}");
+    assert!(!put.contains("x-amz-checksum"), "{put}");
+    assert!(!put.contains("transfer-encoding"), "{put}");
+    assert!(!put.contains(support::s3::SECRET_KEY), "{put}");
+
+    // The opt-in: flexible checksums whenever supported (the SDK's own default).
+    let mut settings = t.s3.settings(BUCKET);
+    settings.endpoint = t.proxy.endpoint();
+    settings.request_checksums = opencti_stream_exporter::sink::ChecksumPolicy::WhenSupported;
+    let sink = S3Sink::new(settings).unwrap();
+    sink.put("b.json", &body).await.unwrap();
+    let heads = t.proxy.request_heads();
+    let put = heads
+        .iter()
+        .find(|h| h.starts_with("PUT /faults/b.json"))
+        .expect("the second PUT went through the proxy")
+        .to_ascii_lowercase();
+    assert!(
+        put.contains("x-amz-checksum") || put.contains("x-amz-trailer"),
+        "{put}"
+    );
+    assert_eq!(
+        t.s3.read(BUCKET, "b.json").map(|b| b.len() as u64),
+        Some(body.len)
+    );
 }

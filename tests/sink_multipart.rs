@@ -172,7 +172,7 @@ async fn read_ahead_when_the_server_hangs(
     let proxy = FaultProxy::start(s3.addr());
     let mut settings = settings_for(&s3);
     settings.endpoint = proxy.endpoint();
-    settings.idle_timeout = Duration::from_millis(800);
+    settings.idle_timeout = Duration::from_millis(1500);
     let sink = S3Sink::new(settings).unwrap();
     let len = 256 * MIB;
     // The MD5 is never reached: the upload cannot complete.
@@ -209,4 +209,45 @@ async fn a_multipart_upload_buffers_at_most_its_parts_in_flight() {
     let read = read_ahead_when_the_server_hangs(true, multipart_settings).await;
     // part_concurrency (2) parts in flight and one being read: 3 × 5 MiB.
     assert!(read <= 15 * MIB, "read {read} bytes ahead of a hung server");
+}
+
+#[tokio::test]
+async fn an_upload_cancelled_mid_way_is_aborted_in_the_background() {
+    let s3 = TestS3::start();
+    s3.create_bucket(BUCKET);
+    let proxy = FaultProxy::start(s3.addr());
+    let mut settings = multipart_settings(&s3);
+    settings.endpoint = proxy.endpoint();
+    let sink = S3Sink::new(settings).unwrap();
+    let len = 21 * MIB;
+    let (body, _) = generated_body(len, md5_of_generated(len));
+    // CreateMultipartUpload passes, the two first parts hang; later requests (the abort) pass.
+    proxy.fault_next(Fault::Pass);
+    proxy.fault_next(Fault::Hang);
+    proxy.fault_next(Fault::Hang);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    tokio::select! {
+        result = sink.put("f/x.json", &body) => panic!("the upload ended: {result:?}"),
+        () = async {
+            // Cancel (drop the put) once both parts are in flight.
+            while proxy.requests() < 3 {
+                assert!(tokio::time::Instant::now() < deadline, "parts never started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } => {}
+    }
+    assert!(
+        !s3.multipart_leftovers().is_empty(),
+        "the upload was never started"
+    );
+    while !s3.multipart_leftovers().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not aborted: {:?}",
+            s3.multipart_leftovers()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(s3.keys(BUCKET).is_empty());
 }

@@ -103,6 +103,8 @@ pub(crate) struct CheckedReader {
     expected_md5: [u8; 16],
     read: u64,
     hasher: Md5,
+    /// Set once EOF was reached and checked: later reads keep returning `Ok(0)`.
+    verified: bool,
 }
 
 impl CheckedReader {
@@ -113,6 +115,7 @@ impl CheckedReader {
             expected_md5,
             read: 0,
             hasher: Md5::new(),
+            verified: false,
         }
     }
 
@@ -155,6 +158,9 @@ impl CheckedReader {
     }
 
     fn check_at_eof(&mut self) -> io::Result<()> {
+        if self.verified {
+            return Ok(());
+        }
         if self.read != self.expected_len {
             return Err(mismatch(format!(
                 "the body ended after {} bytes, {} were declared",
@@ -170,6 +176,7 @@ impl CheckedReader {
                 b64.encode(self.expected_md5)
             )));
         }
+        self.verified = true;
         Ok(())
     }
 }
@@ -329,6 +336,16 @@ mod tests {
     fn a_matching_body_reads_through() {
         let body = BodySource::from_bytes(&b"hello\n"[..]);
         assert_eq!(drain(&body).unwrap(), b"hello\n");
+    }
+
+    #[test]
+    fn eof_can_be_read_again_after_it_was_checked() {
+        let body = BodySource::from_bytes(&b"hello\n"[..]);
+        let mut reader = body.open_checked().unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read_full(&mut buf).unwrap(), 6);
+        assert_eq!(reader.read_full(&mut buf).unwrap(), 0);
+        reader.confirm_eof().unwrap();
     }
 
     #[test]

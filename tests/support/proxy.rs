@@ -12,14 +12,14 @@
 //! ```
 //!
 //! Faults:
-//! * [`Fault::Pass`]: relay.
-//! * [`Fault::Delay`]: wait, then relay.
-//! * [`Fault::Reset`]: close the client connection at once with a TCP reset.
-//! * [`Fault::Hang`]: stop reading from the client and never answer; the connection is held
+//! * `Fault::Pass`: relay.
+//! * `Fault::Delay`: wait, then relay.
+//! * `Fault::Reset`: close the client connection at once with a TCP reset.
+//! * `Fault::Hang`: stop reading from the client and never answer; the connection is held
 //!   until the proxy is dropped (the client's own timeout must end the wait).
-//! * [`Fault::Truncate`]: relay the request, then only the first `n` bytes of the response,
+//! * `Fault::Truncate`: relay the request, then only the first `n` bytes of the response,
 //!   then close.
-//! * [`Fault::Respond`]: read the request, answer a canned S3 error (500 InternalError,
+//! * `Fault::Respond`: read the request, answer a canned S3 error (500 InternalError,
 //!   503 SlowDown, 403 AccessDenied) without contacting the server, and close.
 //!
 //! Like [`TestS3`](super::s3::TestS3), it runs on its own runtime: usable from any test.
@@ -109,6 +109,7 @@ struct Shared {
     bytes_to_upstream: AtomicU64,
     requests: AtomicU64,
     connections: AtomicU64,
+    heads: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -149,6 +150,7 @@ impl FaultProxy {
             bytes_to_upstream: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            heads: Mutex::new(Vec::new()),
         });
         runtime.spawn(accept_loop(listener, shared.clone()));
         Self {
@@ -186,6 +188,11 @@ impl FaultProxy {
     /// Requests seen so far (whatever their fault).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// The head (request line and headers, as text) of every request seen so far, in order.
+    pub fn request_heads(&self) -> Vec<String> {
+        self.shared.heads.lock().expect("lock").clone()
     }
 
     /// Connections accepted so far.
@@ -325,6 +332,11 @@ async fn serve_connection(client: TcpStream, shared: Arc<Shared>) {
 
     while let Some(head) = read_head(&mut client_read, &mut buffered).await {
         shared.requests.fetch_add(1, Ordering::SeqCst);
+        shared
+            .heads
+            .lock()
+            .expect("lock")
+            .push(String::from_utf8_lossy(&head.bytes).into_owned());
         let fault = shared.next_fault();
         match fault {
             Fault::Reset => {

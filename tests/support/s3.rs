@@ -75,13 +75,7 @@ impl TestS3 {
 
     fn start_inner(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let root = tempfile::tempdir().expect("temp dir for the S3 server");
-        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
-        let mut builder = S3ServiceBuilder::new(CheckedFs {
-            inner: fs,
-            root: root.path().to_owned(),
-        });
-        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
+        let service = s3_service(root.path(), ACCESS_KEY, SECRET_KEY).expect("s3s-fs root");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("test-s3")
@@ -268,17 +262,30 @@ impl Drop for TestS3 {
     }
 }
 
+/// The S3 service: s3s-fs storing under `root` (which must exist), with the fixes described in
+/// the module documentation, accepting SigV4 requests signed with this one key pair.
+pub fn s3_service(root: &Path, access_key: &str, secret_key: &str) -> std::io::Result<S3Service> {
+    let fs = s3s_fs::FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let mut builder = S3ServiceBuilder::new(CheckedFs {
+        inner: fs,
+        root: root.canonicalize()?,
+    });
+    builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+    Ok(builder.build())
+}
+
 /// Binds without a runtime (so it works inside any test). Rust's std sets `SO_REUSEADDR` on
 /// Unix, which lets a restart bind the port again while old connections are in TIME_WAIT.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
-/// Accepts connections until aborted; aborting drops the `JoinSet`, which aborts every
-/// connection task and so closes its socket.
-async fn accept_loop(
+/// Serves `service` on `listener` (non-blocking) until aborted, counting live connections in
+/// `connections`; aborting it drops the `JoinSet`, which aborts every connection task and so
+/// closes its socket.
+pub async fn accept_loop(
     listener: std::net::TcpListener,
     service: S3Service,
     tls: Option<tokio_rustls::TlsAcceptor>,

@@ -15,8 +15,9 @@
 //!   **multipart** with parts of [`S3Settings::part_size`], each buffered in memory with its own
 //!   `Content-MD5`, a few in flight at once, completed in order, aborted on any failure.
 //! * **No retries inside the SDK**: one attempt per call; the uploader retries forever itself.
-//! * **Progress-based timeouts** (see [`http`]): a hanging server fails an attempt with
-//!   [`SinkErrorKind::Timeout`] in bounded time, a slow but moving upload is never cut.
+//! * **Progress-based timeouts** ([`S3Settings::idle_timeout`]): a hanging server fails an
+//!   attempt with [`SinkErrorKind::Timeout`] in bounded time, a slow but moving upload is never
+//!   cut.
 //! * **No HTTP proxy from the environment**, like the stock exporter's minio client.
 
 mod classify;

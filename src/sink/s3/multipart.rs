@@ -123,9 +123,8 @@ async fn upload_parts(
     let mut completed = Vec::new();
     let mut part_number: i32 = 0;
     loop {
-        while uploads.len() >= sink.part_concurrency {
-            completed.push(join_next(uploads, what).await?);
-        }
+        // Read the next part while the parts in flight upload, then wait for a free slot: at
+        // most `part_concurrency` parts uploading and one read ahead.
         let (returned, part) = tokio::task::spawn_blocking(move || {
             let part = read_part(&mut reader, part_size);
             (reader, part)
@@ -134,6 +133,9 @@ async fn upload_parts(
         .map_err(|join| SinkError::new(SinkErrorKind::Io, format!("{what}: {join}")))?;
         reader = returned;
         let (bytes, md5, at_end) = part.map_err(|err| body_error(&err, what))?;
+        while uploads.len() >= sink.part_concurrency {
+            completed.push(join_next(uploads, what).await?);
+        }
         part_number += 1;
         uploads.spawn(upload_part(
             sink.clone(),
