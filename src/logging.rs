@@ -12,8 +12,8 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Safe to call once; later calls do nothing.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(with_quiet_libraries(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(with_quiet_libraries(level)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE)
@@ -30,9 +30,22 @@ pub fn init(level: &str, format: LogFormat) {
 
 /// Libraries whose debug output would drown ours and may show request headers.
 const LIBRARIES: &[&str] = &[
-    "hyper", "hyper_util", "reqwest", "h2", "rustls", "aws_smithy_runtime",
-    "aws_smithy_runtime_api", "aws_smithy_http_client", "aws_sdk_s3", "aws_sigv4", "sled",
-    "s3s", "s3s_fs", "tower", "tower_http", "axum",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "rustls",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_s3",
+    "aws_sigv4",
+    "sled",
+    "s3s",
+    "s3s_fs",
+    "tower",
+    "tower_http",
+    "axum",
 ];
 
 /// `level` plus `<library>=info` for each library the user did not name.

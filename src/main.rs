@@ -12,7 +12,10 @@ use opencti_stream_exporter::{commands, daemon, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -63,7 +66,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             logging::init("warn", LogFormat::Text);
             // With --dir no configuration is needed; otherwise it names the destination.
             let config = if args.dir.is_some() {
-                try_load_config(config_path.as_ref()).ok().map(|(config, _)| config)
+                try_load_config(config_path.as_ref())
+                    .ok()
+                    .map(|(config, _)| config)
             } else {
                 match load_config(config_path.as_ref()) {
                     Ok((config, _)) => Some(config),
@@ -93,9 +98,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<(Config, Source), ExitCode> {
 
 fn try_load_config(path: Option<&PathBuf>) -> Result<(Config, Source), ConfigError> {
     let explicit = path.is_some();
-    let path = path
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("config.yml"));
+    let path = path.cloned().unwrap_or_else(|| PathBuf::from("config.yml"));
     let source = Source::from_process(&path, explicit)?;
     let config = Config::from_source(&source)?;
     Ok((config, source))

@@ -106,7 +106,11 @@ pub async fn read_back(
             body.to_vec()
         };
         if let Err(err) = std::str::from_utf8(&plain) {
-            report.problem(key, None, format!("not UTF-8 (the importer cannot decode it): {err}"));
+            report.problem(
+                key,
+                None,
+                format!("not UTF-8 (the importer cannot decode it): {err}"),
+            );
         } else {
             read_lines(&plain, key, &mut report, &mut last_id, &mut on_line);
         }
@@ -154,7 +158,11 @@ fn read_lines(
         if kind.is_none() || !object.contains_key("data") {
             report.problem(key, Some(index + 1), "lacks `type` or `data`");
         }
-        match object.get("id").and_then(|id| id.as_str()).and_then(parse_id) {
+        match object
+            .get("id")
+            .and_then(|id| id.as_str())
+            .and_then(parse_id)
+        {
             Some(id) => {
                 if last_id.is_some_and(|last| id < last) {
                     report.problem(key, Some(index + 1), "its id is before the previous line's");
@@ -213,8 +221,18 @@ mod tests {
     async fn a_good_export_reads_back_cleanly() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = DirSink::new(dir.path());
-        put(&sink, "f/stream_1718012300000_1.json", &format!("{LINE_1}\n")).await;
-        put(&sink, "f/stream_1718012300001_2.json", &format!("{LINE_2}\n")).await;
+        put(
+            &sink,
+            "f/stream_1718012300000_1.json",
+            &format!("{LINE_1}\n"),
+        )
+        .await;
+        put(
+            &sink,
+            "f/stream_1718012300001_2.json",
+            &format!("{LINE_2}\n"),
+        )
+        .await;
         let mut lines = 0;
         let report = read_back(&sink, "f/", 1, |_| lines += 1, |_, _| {})
             .await
@@ -228,9 +246,21 @@ mod tests {
     async fn a_gap_stops_like_the_importer_does() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = DirSink::new(dir.path());
-        put(&sink, "f/stream_1718012300000_1.json", &format!("{LINE_1}\n")).await;
-        put(&sink, "f/stream_1718012300001_3.json", &format!("{LINE_2}\n")).await;
-        let report = read_back(&sink, "f/", 1, |_| {}, |_, _| {}).await.expect("read");
+        put(
+            &sink,
+            "f/stream_1718012300000_1.json",
+            &format!("{LINE_1}\n"),
+        )
+        .await;
+        put(
+            &sink,
+            "f/stream_1718012300001_3.json",
+            &format!("{LINE_2}\n"),
+        )
+        .await;
+        let report = read_back(&sink, "f/", 1, |_| {}, |_, _| {})
+            .await
+            .expect("read");
         assert!(report.stopped_early);
         assert_eq!(
             report.problems[0].what,
@@ -244,7 +274,9 @@ mod tests {
         let sink = DirSink::new(dir.path());
         let body = format!("{LINE_2}\n{LINE_1}\nnot json\n");
         put(&sink, "f/stream_1718012300000_1.json", &body).await;
-        let report = read_back(&sink, "f/", 1, |_| {}, |_, _| {}).await.expect("read");
+        let report = read_back(&sink, "f/", 1, |_| {}, |_, _| {})
+            .await
+            .expect("read");
         let whats: Vec<_> = report.problems.iter().map(|p| p.what.as_str()).collect();
         assert_eq!(whats[0], "its id is before the previous line's");
         assert!(whats[1].starts_with("not JSON"));

@@ -115,12 +115,18 @@ impl StatusReport {
         line(
             &mut out,
             "recover until",
-            self.recover_until.clone().unwrap_or_else(|| "-".to_string()),
+            self.recover_until
+                .clone()
+                .unwrap_or_else(|| "-".to_string()),
         );
         line(
             &mut out,
             "backlog (unsealed)",
-            format!("{} events, {}", self.backlog_events, human_bytes(self.backlog_bytes)),
+            format!(
+                "{} events, {}",
+                self.backlog_events,
+                human_bytes(self.backlog_bytes)
+            ),
         );
         line(
             &mut out,
@@ -135,7 +141,11 @@ impl StatusReport {
                 None => "none".to_string(),
             },
         );
-        line(&mut out, "next file number", self.next_file_number.to_string());
+        line(
+            &mut out,
+            "next file number",
+            self.next_file_number.to_string(),
+        );
         line(
             &mut out,
             "last upload",

@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::DemoArgs;
 use crate::pipeline::compactor::CompactorSettings;
 use crate::pipeline::uploader::UploaderSettings;
-use crate::pipeline::{DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, seed_first_start};
+use crate::pipeline::{
+    DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, seed_first_start,
+};
 use crate::readback::read_back;
-use crate::sink::{Compression, DirSink};
 use crate::simulator::{DEFAULT_STREAM_ID, EventId, Simulator, SimulatorConfig};
+use crate::sink::{Compression, DirSink};
 use crate::status::human_bytes;
 use crate::stream::StreamSettings;
 
@@ -46,14 +48,26 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the simulator")?;
-    let token = simulator
-        .token()
-        .cloned()
-        .unwrap_or_default();
-    println!("simulator: OpenCTI live stream at {}", simulator.stream_url());
+    let token = simulator.token().cloned().unwrap_or_default();
+    println!(
+        "simulator: OpenCTI live stream at {}",
+        simulator.stream_url()
+    );
 
+    // First start as pycti does it: from 0-0, recovering the knowledge base up to a date. The
+    // simulated live log is dated; recover until just before it, so the demo shows the
+    // recovery and then every live event (events before the recover date are only in the
+    // recovered state, as on a real platform).
+    let live = simulator.live_ids();
+    let (Some(first_live), Some(last_live)) = (live.first().copied(), live.last().copied()) else {
+        bail!("the simulator serves no events");
+    };
+    let first = FirstStart {
+        start_timestamp_ms: None,
+        recover_iso_date: Some(crate::simulator::iso(first_live.ms.saturating_sub(1))),
+    };
     let wal = crate::daemon::open_wal(&wal_dir, 4 << 30)?;
-    seed_first_start(&wal, &FirstStart::default(), crate::pipeline::committer::now_ms())
+    seed_first_start(&wal, &first, crate::pipeline::committer::now_ms())
         .context("recording the first-start position")?;
     let base = reqwest::Url::parse(&simulator.url()).context("simulator URL")?;
     let mut stream = StreamSettings::new(base.clone(), token, Some(DEFAULT_STREAM_ID.to_string()));
@@ -90,11 +104,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     )?;
 
     // Done when the cursor reached the last live event and nothing is left to seal or upload.
-    let last = simulator
-        .live_ids()
-        .last()
-        .copied()
-        .context("the simulator serves no events")?;
+    let last = last_live;
     let deadline = Instant::now() + DEADLINE;
     loop {
         let cursor = wal.state().cursor.as_deref().and_then(EventId::parse);
@@ -116,15 +126,25 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     // Read back as the stock importer would, and check against what was served.
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let sink = DirSink::new(&args.dir);
-    let report = read_back(&sink, &format!("{FOLDER}/"), 1, |line| lines.push(line.to_vec()), |_, _| {})
-        .await
-        .context("reading the files back")?;
+    let report = read_back(
+        &sink,
+        &format!("{FOLDER}/"),
+        1,
+        |line| lines.push(line.to_vec()),
+        |_, _| {},
+    )
+    .await
+    .context("reading the files back")?;
     let oracle = simulator.check_export(lines.iter().map(Vec::as_slice));
     let served = simulator.served();
     simulator.shutdown().await;
 
     println!();
-    println!("exported {} events in {:.1} s", report.lines, exported_in.as_secs_f64());
+    println!(
+        "exported {} events in {:.1} s",
+        report.lines,
+        exported_in.as_secs_f64()
+    );
     println!(
         "  by type: {} create, {} update, {} delete, {} merge",
         report.by_type[0], report.by_type[1], report.by_type[2], report.by_type[3]
@@ -147,11 +167,19 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let readable = report.is_ok();
     println!(
         "  read back as the stock importer would: {}",
-        if readable { "OK (gapless numbering, UTF-8 JSON lines, ids in order)" } else { "PROBLEMS" }
+        if readable {
+            "OK (gapless numbering, UTF-8 JSON lines, ids in order)"
+        } else {
+            "PROBLEMS"
+        }
     );
     println!(
         "  checked against what the simulator served: {}",
-        if oracle.is_ok() { "OK (nothing lost, nothing invented, in order)" } else { "MISMATCH" }
+        if oracle.is_ok() {
+            "OK (nothing lost, nothing invented, in order)"
+        } else {
+            "MISMATCH"
+        }
     );
     if !readable {
         for problem in &report.problems {
@@ -184,7 +212,10 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), b"files written by `opencti-stream-exporter demo`\n")
-        .with_context(|| format!("writing into {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        b"files written by `opencti-stream-exporter demo`\n",
+    )
+    .with_context(|| format!("writing into {}", dir.display()))?;
     Ok(())
 }

@@ -35,13 +35,18 @@ pub fn parse_stock_state(text: &str) -> anyhow::Result<StockState> {
         other => other,
     };
     let Some(object) = value.as_object() else {
-        bail!("the state must be a JSON object such as {{\"start_from\": \"…\", \"file_count\": 3}}");
+        bail!(
+            "the state must be a JSON object such as {{\"start_from\": \"…\", \"file_count\": 3}}"
+        );
     };
     let text_of = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
     let cursor = text_of("last_written_msg_id")
         .or_else(|| text_of("start_from"))
         .or_else(|| text_of("connectorLastEventId"));
-    let recover_until = match object.get("recover_until").or_else(|| object.get("connectorStartTime")) {
+    let recover_until = match object
+        .get("recover_until")
+        .or_else(|| object.get("connectorStartTime"))
+    {
         Some(Value::String(date)) => RecoverUntil::Date(date.clone()),
         Some(Value::Bool(false)) | Some(Value::Null) => RecoverUntil::Disabled,
         None => RecoverUntil::Disabled,
@@ -75,7 +80,9 @@ pub fn run(config: &Config, args: &ImportStateArgs) -> anyhow::Result<()> {
             text
         }
         arg => match arg.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+            }
             None => arg.to_string(),
         },
     };
@@ -123,13 +130,17 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(state.cursor.as_deref(), Some("1718012350123-0"));
-        assert_eq!(state.recover_until, RecoverUntil::Date("2024-06-10T09:38:20Z".into()));
+        assert_eq!(
+            state.recover_until,
+            RecoverUntil::Date("2024-06-10T09:38:20Z".into())
+        );
         assert_eq!(state.next_file_number, 42);
     }
 
     #[test]
     fn a_state_that_never_uploaded_resumes_from_start_from() {
-        let state = parse_stock_state(r#"{"start_from": "5-0", "recover_until": false}"#).expect("valid");
+        let state =
+            parse_stock_state(r#"{"start_from": "5-0", "recover_until": false}"#).expect("valid");
         assert_eq!(state.cursor.as_deref(), Some("5-0"));
         assert_eq!(state.recover_until, RecoverUntil::Disabled);
         assert_eq!(state.next_file_number, 1);
@@ -137,8 +148,9 @@ mod tests {
 
     #[test]
     fn a_state_given_as_a_json_string_is_unwrapped() {
-        let state = parse_stock_state(r#""{\"connectorLastEventId\": \"7-0\", \"file_count\": \"2\"}""#)
-            .expect("valid");
+        let state =
+            parse_stock_state(r#""{\"connectorLastEventId\": \"7-0\", \"file_count\": \"2\"}""#)
+                .expect("valid");
         assert_eq!(state.cursor.as_deref(), Some("7-0"));
         assert_eq!(state.next_file_number, 3);
     }

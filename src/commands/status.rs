@@ -29,7 +29,9 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(WalError::Locked { .. }) => from_running_daemon(config, args.json).await,
-        Err(err) => Err(err).with_context(|| format!("opening the WAL in {}", config.wal.dir.display())),
+        Err(err) => {
+            Err(err).with_context(|| format!("opening the WAL in {}", config.wal.dir.display()))
+        }
     }
 }
 
@@ -55,8 +57,8 @@ async fn from_running_daemon(config: &Config, json: bool) -> anyhow::Result<()> 
     if json {
         println!("{body}");
     } else {
-        let report: StatusReport = serde_json::from_str(&body)
-            .with_context(|| format!("reading the answer of {url}"))?;
+        let report: StatusReport =
+            serde_json::from_str(&body).with_context(|| format!("reading the answer of {url}"))?;
         print!("{}", report.to_text());
     }
     Ok(())

@@ -23,7 +23,9 @@ pub async fn run(config: Option<&Config>, args: &VerifyArgs) -> anyhow::Result<(
         ),
         (None, Some(config)) => (
             crate::daemon::sink(config)?,
-            args.folder.clone().unwrap_or_else(|| config.output.folder.clone()),
+            args.folder
+                .clone()
+                .unwrap_or_else(|| config.output.folder.clone()),
         ),
         (None, None) => bail!("give --dir, or a configuration naming the destination"),
     };

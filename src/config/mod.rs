@@ -314,7 +314,8 @@ impl Reader<'_> {
 
     fn secret(&self, setting: &Setting) -> Result<Secret, ConfigError> {
         // The value never goes into the error: only its variable name.
-        self.required(setting).map(|(value, _)| Secret::new(value.trim()))
+        self.required(setting)
+            .map(|(value, _)| Secret::new(value.trim()))
     }
 }
 
@@ -341,13 +342,17 @@ impl Config {
         {
             return Err(ConfigError::new(
                 origin,
-                format!("must be STREAM for a stream exporter, got {:?}", kind.trim()),
+                format!(
+                    "must be STREAM for a stream exporter, got {:?}",
+                    kind.trim()
+                ),
             ));
         }
 
         let live_stream = LiveStream {
             id: r.optional_text(&s::CONNECTOR_LIVE_STREAM_ID),
-            listen_delete: r.with_default(&s::CONNECTOR_LIVE_STREAM_LISTEN_DELETE, parse::boolean)?,
+            listen_delete: r
+                .with_default(&s::CONNECTOR_LIVE_STREAM_LISTEN_DELETE, parse::boolean)?,
             no_dependencies: r
                 .with_default(&s::CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES, parse::boolean)?,
             with_inferences: r
@@ -360,7 +365,8 @@ impl Config {
                     )
                 })
             })?,
-            recover_iso_date: r.parsed(&s::CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE, parse::iso_date)?,
+            recover_iso_date: r
+                .parsed(&s::CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE, parse::iso_date)?,
         };
         if live_stream.id.as_deref() == Some("ChangeMe") {
             return Err(ConfigError::new(
@@ -405,9 +411,9 @@ impl Config {
             live_stream,
             expose_metrics: r.with_default(&s::CONNECTOR_EXPOSE_METRICS, parse::boolean)?,
             metrics_bind: r.with_default(&s::CONNECTOR_METRICS_BIND, |t| {
-                t.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("expected an IP address such as 0.0.0.0, got {:?}", t.trim()))
+                t.trim().parse::<IpAddr>().map_err(|_| {
+                    format!("expected an IP address such as 0.0.0.0, got {:?}", t.trim())
+                })
             })?,
             metrics_port: r.with_default(&s::CONNECTOR_METRICS_PORT, parse::port)?,
         };
@@ -586,7 +592,11 @@ fn s3_host(text: &str) -> Result<String, String> {
         .strip_prefix("http://")
         .or_else(|| trimmed.strip_prefix("https://"))
         .unwrap_or(trimmed);
-    if host.is_empty() || host.contains('/') || host.contains('@') || host.contains(char::is_whitespace) {
+    if host.is_empty()
+        || host.contains('/')
+        || host.contains('@')
+        || host.contains(char::is_whitespace)
+    {
         return Err(format!(
             "expected a host name such as minio (the port goes in MINIO_PORT), got {trimmed:?}"
         ));

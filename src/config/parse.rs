@@ -20,7 +20,9 @@ pub fn integer(text: &str, min: u64, max: u64) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("expected a whole number, got {:?}", text.trim()))?;
     if value < min || value > max {
-        return Err(format!("expected a number from {min} to {max}, got {value}"));
+        return Err(format!(
+            "expected a number from {min} to {max}, got {value}"
+        ));
     }
     Ok(value)
 }
@@ -32,9 +34,12 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
 
 /// A TCP port (1–65535).
 pub fn port(text: &str) -> Result<u16, String> {
-    integer(text, 1, 65535)
-        .map(|p| p as u16)
-        .map_err(|_| format!("expected a port number from 1 to 65535, got {:?}", text.trim()))
+    integer(text, 1, 65535).map(|p| p as u16).map_err(|_| {
+        format!(
+            "expected a port number from 1 to 65535, got {:?}",
+            text.trim()
+        )
+    })
 }
 
 /// A size in bytes: a plain number, or a number with a unit (`KB`, `MB`, `GB`, `TB` in powers of
@@ -65,10 +70,13 @@ pub fn bytes(text: &str) -> Result<u64, String> {
 /// An `http://` or `https://` URL with a host; returned without its trailing `/`.
 pub fn base_url(text: &str) -> Result<String, String> {
     let trimmed = text.trim();
-    let parsed = reqwest::Url::parse(trimmed)
-        .map_err(|err| format!("expected a URL such as http://opencti:8080, got {trimmed:?} ({err})"))?;
+    let parsed = reqwest::Url::parse(trimmed).map_err(|err| {
+        format!("expected a URL such as http://opencti:8080, got {trimmed:?} ({err})")
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("expected an http:// or https:// URL, got {trimmed:?}"));
+        return Err(format!(
+            "expected an http:// or https:// URL, got {trimmed:?}"
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("credentials in the URL are not supported; use OPENCTI_TOKEN".to_string());
@@ -224,7 +232,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_trailing_slash_and_refuse_other_schemes() {
-        assert_eq!(base_url("http://opencti:8080/"), Ok("http://opencti:8080".into()));
+        assert_eq!(
+            base_url("http://opencti:8080/"),
+            Ok("http://opencti:8080".into())
+        );
         assert!(base_url("ftp://x").is_err());
         assert!(base_url("opencti:8080").is_err());
         assert!(base_url("http://user:pw@opencti").is_err());
@@ -243,6 +254,9 @@ mod tests {
         );
         assert_eq!(parse_iso_millis("2024-02-30T00:00:00Z"), None);
         assert_eq!(parse_iso_millis("yesterday"), None);
-        assert_eq!(format_iso_seconds(1_718_012_300_123), "2024-06-10T09:38:20Z");
+        assert_eq!(
+            format_iso_seconds(1_718_012_300_123),
+            "2024-06-10T09:38:20Z"
+        );
     }
 }

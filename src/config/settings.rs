@@ -30,109 +30,398 @@ macro_rules! setting {
     };
 }
 
-setting!(OPENCTI_URL, "OPENCTI_URL", [&["opencti", "url"]], None, true,
-    "Base URL of the OpenCTI platform (mandatory).");
-setting!(OPENCTI_TOKEN, "OPENCTI_TOKEN", [&["opencti", "token"]], None, true,
-    "API token of the OpenCTI user the exporter runs as (mandatory, secret).");
-setting!(OPENCTI_SSL_VERIFY, "OPENCTI_SSL_VERIFY", [&["opencti", "ssl_verify"]], Some("true"), true,
-    "Verify OpenCTI's TLS certificate. false accepts any certificate (logged as a warning).");
-setting!(OPENCTI_CA_FILE, "OPENCTI_CA_FILE", [&["opencti", "ca_file"]], None, false,
-    "PEM file of extra CA certificates to trust for OpenCTI.");
-setting!(CONNECTOR_ID, "CONNECTOR_ID", [&["connector", "id"]], None, true,
-    "Connector id (a UUID) registered on OpenCTI (mandatory).");
-setting!(CONNECTOR_TYPE, "CONNECTOR_TYPE", [&["connector", "type"]], Some("STREAM"), true,
-    "Connector type; only STREAM makes sense.");
-setting!(CONNECTOR_NAME, "CONNECTOR_NAME", [&["connector", "name"]], Some("StreamExporterConnector"), true,
-    "Connector name shown on OpenCTI.");
-setting!(CONNECTOR_SCOPE, "CONNECTOR_SCOPE", [&["connector", "scope"]], Some("stream-exporter"), true,
-    "Comma-separated connector scope.");
-setting!(CONNECTOR_LOG_LEVEL, "CONNECTOR_LOG_LEVEL", [&["connector", "log_level"]], Some("info"), true,
-    "error, warn, info, debug or trace (or a tracing filter directive).");
-setting!(CONNECTOR_LOG_FORMAT, "CONNECTOR_LOG_FORMAT", [&["connector", "log_format"]], Some("text"), false,
-    "text for humans, json for log shippers.");
-setting!(CONNECTOR_LIVE_STREAM_ID, "CONNECTOR_LIVE_STREAM_ID", [&["connector", "live_stream_id"]], None, true,
-    "Id of the live stream to export; unset means the raw /stream (bypass users only).");
-setting!(CONNECTOR_LIVE_STREAM_LISTEN_DELETE, "CONNECTOR_LIVE_STREAM_LISTEN_DELETE",
-    [&["connector", "live_stream_listen_delete"]], Some("true"), true,
-    "Receive delete events.");
-setting!(CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES, "CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES",
-    [&["connector", "live_stream_no_dependencies"]], Some("true"), true,
-    "Do not ask for the relationships of each element (pycti's default is true; set false for replication).");
-setting!(CONNECTOR_LIVE_STREAM_WITH_INFERENCES, "CONNECTOR_LIVE_STREAM_WITH_INFERENCES",
-    [&["connector", "live_stream_with_inferences"]], Some("false"), true,
-    "Include inferred data.");
-setting!(CONNECTOR_LIVE_STREAM_START_TIMESTAMP, "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
-    [&["connector", "live_stream_start_timestamp"]], None, true,
-    "First start only: start from this epoch in milliseconds instead of the beginning (0-0).");
-setting!(CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE, "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
-    [&["connector", "live_stream_recover_iso_date"]], None, true,
-    "First start only: recovery upper bound (ISO-8601); default: the time of the first start.");
-setting!(CONNECTOR_CONSUMER_COUNT, "CONNECTOR_CONSUMER_COUNT", [&["connector", "consumer_count"]], None, true,
-    "Accepted for compatibility and ignored: uploads are strictly ordered, one at a time.");
-setting!(CONNECTOR_CONFIDENCE_LEVEL, "CONNECTOR_CONFIDENCE_LEVEL", [&["connector", "confidence_level"]], None, true,
-    "Accepted for compatibility and ignored (as by pycti 6 and later).");
-setting!(CONNECTOR_EXPOSE_METRICS, "CONNECTOR_EXPOSE_METRICS", [&["connector", "expose_metrics"]], Some("true"), true,
-    "Serve /metrics, /healthz, /readyz and /status.");
-setting!(CONNECTOR_METRICS_PORT, "CONNECTOR_METRICS_PORT", [&["connector", "metrics_port"]], Some("9095"), true,
-    "Port of the metrics and health endpoint.");
-setting!(CONNECTOR_METRICS_BIND, "CONNECTOR_METRICS_BIND", [&["connector", "metrics_bind"]], Some("0.0.0.0"), false,
-    "Address the metrics and health endpoint binds to.");
-setting!(MINIO_ENDPOINT, "MINIO_ENDPOINT", [&["minio", "endpoint"]], None, true,
-    "Host name of the S3/MinIO server (mandatory unless EXPORT_DIR is set).");
-setting!(MINIO_PORT, "MINIO_PORT", [&["minio", "port"]], None, true,
-    "Port of the S3/MinIO server (mandatory unless EXPORT_DIR is set).");
-setting!(MINIO_BUCKET, "MINIO_BUCKET", [&["minio", "bucket"]], None, true,
-    "Bucket to write to, created if missing (mandatory unless EXPORT_DIR is set).");
-setting!(MINIO_FOLDER, "MINIO_FOLDER", [&["minio", "folder"]], Some(""), true,
-    "Folder (key prefix) of the files; empty writes at the root of the bucket or directory.");
-setting!(MINIO_ACCESS_KEY, "MINIO_ACCESS_KEY", [&["minio", "access_key"]], None, true,
-    "S3 access key (mandatory unless EXPORT_DIR is set).");
-setting!(MINIO_SECRET_KEY, "MINIO_SECRET_KEY", [&["minio", "secret_key"]], None, true,
-    "S3 secret key (mandatory unless EXPORT_DIR is set, secret).");
-setting!(MINIO_SECURE, "MINIO_SECURE", [&["minio", "secure"]], Some("false"), true,
-    "Use https to reach S3/MinIO.");
-setting!(MINIO_CERT_CHECK, "MINIO_CERT_CHECK", [&["minio", "cert_check"]], Some("true"), true,
-    "Verify the S3/MinIO certificate. false accepts any certificate (logged as a warning).");
-setting!(MINIO_CA_FILE, "MINIO_CA_FILE", [&["minio", "ca_file"]], None, false,
-    "PEM file of extra CA certificates to trust for S3/MinIO.");
-setting!(MINIO_REGION, "MINIO_REGION", [&["minio", "region"]], Some("us-east-1"), false,
-    "Region used to sign S3 requests.");
-setting!(MINIO_COMPRESSION, "MINIO_COMPRESSION", [&["minio", "compression"]], Some("none"), false,
-    "none (plain NDJSON, what the stock importer reads) or zstd (.json.zst objects).");
-setting!(MINIO_CHECKSUMS, "MINIO_CHECKSUMS", [&["minio", "checksums"]], Some("when_required"), false,
-    "when_required (Content-MD5 only; works with older MinIO) or when_supported (SDK checksums too).");
-setting!(EXPORT_DIR, "EXPORT_DIR", [&["export", "dir"]], None, false,
-    "Write the files to this directory instead of S3 (removable-media transfer).");
-setting!(WRITE_EVERY_SEC, "WRITE_EVERY_SEC", [&["write", "every_sec"], &["write_every_sec"]], Some("60"), true,
-    "Seal and upload a file at least this often (seconds) when events arrived.");
-setting!(WRITE_MAX_BYTES, "WRITE_MAX_BYTES", [&["write", "max_bytes"]], Some("64MiB"), false,
-    "Largest file (raw NDJSON); a file is sealed sooner when it reaches it. One bigger event gets a file of its own.");
-setting!(WAL_DIR, "WAL_DIR", [&["wal", "dir"]], Some("./data"), false,
-    "Directory of the write-ahead log and sealed segments; keep it on a persistent volume.");
-setting!(WAL_MAX_BYTES, "WAL_MAX_BYTES", [&["wal", "max_bytes"]], Some("10GiB"), false,
-    "Disk budget of the WAL and segments; when full, the exporter stops reading the stream.");
-setting!(QUEUE_SIZE, "QUEUE_SIZE", [&["queue", "size"]], Some("1000"), true,
-    "Events buffered in memory between the stream and the WAL writer.");
-setting!(STREAM_BACKOFF_MAX_SEC, "STREAM_BACKOFF_MAX_SEC", [&["stream", "backoff_max_sec"]], Some("60"), false,
-    "Longest wait between two reconnections to OpenCTI (seconds).");
-setting!(STREAM_IDLE_TIMEOUT_SEC, "STREAM_IDLE_TIMEOUT_SEC", [&["stream", "idle_timeout_sec"]], Some("45"), false,
-    "Reconnect when no event with an id arrived for this long (seconds).");
-setting!(STREAM_MAX_EVENT_BYTES, "STREAM_MAX_EVENT_BYTES", [&["stream", "max_event_bytes"]], Some("64MiB"), false,
-    "Largest SSE event accepted; a bigger one goes to the dead-letter file.");
-setting!(FILES_CONCURRENCY, "FILES_CONCURRENCY", [&["files", "concurrency"]], Some("4"), false,
-    "Attached files downloaded at once from OpenCTI.");
-setting!(FILES_MAX_BYTES, "FILES_MAX_BYTES", [&["files", "max_bytes"]], Some("32MiB"), false,
-    "Largest attached file embedded; a bigger one is skipped with a warning.");
-setting!(FILES_TIMEOUT_SEC, "FILES_TIMEOUT_SEC", [&["files", "timeout_sec"]], Some("300"), false,
-    "Time limit of one file download (seconds).");
-setting!(FILES_TOP_LEVEL_COPY, "FILES_TOP_LEVEL_COPY", [&["files", "top_level_copy"]], Some("true"), false,
-    "Also write the embedded files as a top-level data.files list, as the stock exporter does.");
-setting!(UPLOAD_BACKOFF_MAX_SEC, "UPLOAD_BACKOFF_MAX_SEC", [&["upload", "backoff_max_sec"]], Some("60"), false,
-    "Longest wait between two upload attempts (seconds).");
-setting!(UPLOAD_TIMEOUT_SEC, "UPLOAD_TIMEOUT_SEC", [&["upload", "timeout_sec"]], Some("300"), false,
-    "Time limit of one upload attempt (seconds).");
-setting!(UPLOAD_MULTIPART_THRESHOLD, "UPLOAD_MULTIPART_THRESHOLD", [&["upload", "multipart_threshold"]], Some("64MiB"), false,
-    "Objects larger than this are uploaded in parts.");
+setting!(
+    OPENCTI_URL,
+    "OPENCTI_URL",
+    [&["opencti", "url"]],
+    None,
+    true,
+    "Base URL of the OpenCTI platform (mandatory)."
+);
+setting!(
+    OPENCTI_TOKEN,
+    "OPENCTI_TOKEN",
+    [&["opencti", "token"]],
+    None,
+    true,
+    "API token of the OpenCTI user the exporter runs as (mandatory, secret)."
+);
+setting!(
+    OPENCTI_SSL_VERIFY,
+    "OPENCTI_SSL_VERIFY",
+    [&["opencti", "ssl_verify"]],
+    Some("true"),
+    true,
+    "Verify OpenCTI's TLS certificate. false accepts any certificate (logged as a warning)."
+);
+setting!(
+    OPENCTI_CA_FILE,
+    "OPENCTI_CA_FILE",
+    [&["opencti", "ca_file"]],
+    None,
+    false,
+    "PEM file of extra CA certificates to trust for OpenCTI."
+);
+setting!(
+    CONNECTOR_ID,
+    "CONNECTOR_ID",
+    [&["connector", "id"]],
+    None,
+    true,
+    "Connector id (a UUID) registered on OpenCTI (mandatory)."
+);
+setting!(
+    CONNECTOR_TYPE,
+    "CONNECTOR_TYPE",
+    [&["connector", "type"]],
+    Some("STREAM"),
+    true,
+    "Connector type; only STREAM makes sense."
+);
+setting!(
+    CONNECTOR_NAME,
+    "CONNECTOR_NAME",
+    [&["connector", "name"]],
+    Some("StreamExporterConnector"),
+    true,
+    "Connector name shown on OpenCTI."
+);
+setting!(
+    CONNECTOR_SCOPE,
+    "CONNECTOR_SCOPE",
+    [&["connector", "scope"]],
+    Some("stream-exporter"),
+    true,
+    "Comma-separated connector scope."
+);
+setting!(
+    CONNECTOR_LOG_LEVEL,
+    "CONNECTOR_LOG_LEVEL",
+    [&["connector", "log_level"]],
+    Some("info"),
+    true,
+    "error, warn, info, debug or trace (or a tracing filter directive)."
+);
+setting!(
+    CONNECTOR_LOG_FORMAT,
+    "CONNECTOR_LOG_FORMAT",
+    [&["connector", "log_format"]],
+    Some("text"),
+    false,
+    "text for humans, json for log shippers."
+);
+setting!(
+    CONNECTOR_LIVE_STREAM_ID,
+    "CONNECTOR_LIVE_STREAM_ID",
+    [&["connector", "live_stream_id"]],
+    None,
+    true,
+    "Id of the live stream to export; unset means the raw /stream (bypass users only)."
+);
+setting!(
+    CONNECTOR_LIVE_STREAM_LISTEN_DELETE,
+    "CONNECTOR_LIVE_STREAM_LISTEN_DELETE",
+    [&["connector", "live_stream_listen_delete"]],
+    Some("true"),
+    true,
+    "Receive delete events."
+);
+setting!(
+    CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES,
+    "CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES",
+    [&["connector", "live_stream_no_dependencies"]],
+    Some("true"),
+    true,
+    "Do not ask for the relationships of each element (pycti's default is true; set false for replication)."
+);
+setting!(
+    CONNECTOR_LIVE_STREAM_WITH_INFERENCES,
+    "CONNECTOR_LIVE_STREAM_WITH_INFERENCES",
+    [&["connector", "live_stream_with_inferences"]],
+    Some("false"),
+    true,
+    "Include inferred data."
+);
+setting!(
+    CONNECTOR_LIVE_STREAM_START_TIMESTAMP,
+    "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
+    [&["connector", "live_stream_start_timestamp"]],
+    None,
+    true,
+    "First start only: start from this epoch in milliseconds instead of the beginning (0-0)."
+);
+setting!(
+    CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE,
+    "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+    [&["connector", "live_stream_recover_iso_date"]],
+    None,
+    true,
+    "First start only: recovery upper bound (ISO-8601); default: the time of the first start."
+);
+setting!(
+    CONNECTOR_CONSUMER_COUNT,
+    "CONNECTOR_CONSUMER_COUNT",
+    [&["connector", "consumer_count"]],
+    None,
+    true,
+    "Accepted for compatibility and ignored: uploads are strictly ordered, one at a time."
+);
+setting!(
+    CONNECTOR_CONFIDENCE_LEVEL,
+    "CONNECTOR_CONFIDENCE_LEVEL",
+    [&["connector", "confidence_level"]],
+    None,
+    true,
+    "Accepted for compatibility and ignored (as by pycti 6 and later)."
+);
+setting!(
+    CONNECTOR_EXPOSE_METRICS,
+    "CONNECTOR_EXPOSE_METRICS",
+    [&["connector", "expose_metrics"]],
+    Some("true"),
+    true,
+    "Serve /metrics, /healthz, /readyz and /status."
+);
+setting!(
+    CONNECTOR_METRICS_PORT,
+    "CONNECTOR_METRICS_PORT",
+    [&["connector", "metrics_port"]],
+    Some("9095"),
+    true,
+    "Port of the metrics and health endpoint."
+);
+setting!(
+    CONNECTOR_METRICS_BIND,
+    "CONNECTOR_METRICS_BIND",
+    [&["connector", "metrics_bind"]],
+    Some("0.0.0.0"),
+    false,
+    "Address the metrics and health endpoint binds to."
+);
+setting!(
+    MINIO_ENDPOINT,
+    "MINIO_ENDPOINT",
+    [&["minio", "endpoint"]],
+    None,
+    true,
+    "Host name of the S3/MinIO server (mandatory unless EXPORT_DIR is set)."
+);
+setting!(
+    MINIO_PORT,
+    "MINIO_PORT",
+    [&["minio", "port"]],
+    None,
+    true,
+    "Port of the S3/MinIO server (mandatory unless EXPORT_DIR is set)."
+);
+setting!(
+    MINIO_BUCKET,
+    "MINIO_BUCKET",
+    [&["minio", "bucket"]],
+    None,
+    true,
+    "Bucket to write to, created if missing (mandatory unless EXPORT_DIR is set)."
+);
+setting!(
+    MINIO_FOLDER,
+    "MINIO_FOLDER",
+    [&["minio", "folder"]],
+    Some(""),
+    true,
+    "Folder (key prefix) of the files; empty writes at the root of the bucket or directory."
+);
+setting!(
+    MINIO_ACCESS_KEY,
+    "MINIO_ACCESS_KEY",
+    [&["minio", "access_key"]],
+    None,
+    true,
+    "S3 access key (mandatory unless EXPORT_DIR is set)."
+);
+setting!(
+    MINIO_SECRET_KEY,
+    "MINIO_SECRET_KEY",
+    [&["minio", "secret_key"]],
+    None,
+    true,
+    "S3 secret key (mandatory unless EXPORT_DIR is set, secret)."
+);
+setting!(
+    MINIO_SECURE,
+    "MINIO_SECURE",
+    [&["minio", "secure"]],
+    Some("false"),
+    true,
+    "Use https to reach S3/MinIO."
+);
+setting!(
+    MINIO_CERT_CHECK,
+    "MINIO_CERT_CHECK",
+    [&["minio", "cert_check"]],
+    Some("true"),
+    true,
+    "Verify the S3/MinIO certificate. false accepts any certificate (logged as a warning)."
+);
+setting!(
+    MINIO_CA_FILE,
+    "MINIO_CA_FILE",
+    [&["minio", "ca_file"]],
+    None,
+    false,
+    "PEM file of extra CA certificates to trust for S3/MinIO."
+);
+setting!(
+    MINIO_REGION,
+    "MINIO_REGION",
+    [&["minio", "region"]],
+    Some("us-east-1"),
+    false,
+    "Region used to sign S3 requests."
+);
+setting!(
+    MINIO_COMPRESSION,
+    "MINIO_COMPRESSION",
+    [&["minio", "compression"]],
+    Some("none"),
+    false,
+    "none (plain NDJSON, what the stock importer reads) or zstd (.json.zst objects)."
+);
+setting!(
+    MINIO_CHECKSUMS,
+    "MINIO_CHECKSUMS",
+    [&["minio", "checksums"]],
+    Some("when_required"),
+    false,
+    "when_required (Content-MD5 only; works with older MinIO) or when_supported (SDK checksums too)."
+);
+setting!(
+    EXPORT_DIR,
+    "EXPORT_DIR",
+    [&["export", "dir"]],
+    None,
+    false,
+    "Write the files to this directory instead of S3 (removable-media transfer)."
+);
+setting!(
+    WRITE_EVERY_SEC,
+    "WRITE_EVERY_SEC",
+    [&["write", "every_sec"], &["write_every_sec"]],
+    Some("60"),
+    true,
+    "Seal and upload a file at least this often (seconds) when events arrived."
+);
+setting!(
+    WRITE_MAX_BYTES,
+    "WRITE_MAX_BYTES",
+    [&["write", "max_bytes"]],
+    Some("64MiB"),
+    false,
+    "Largest file (raw NDJSON); a file is sealed sooner when it reaches it. One bigger event gets a file of its own."
+);
+setting!(
+    WAL_DIR,
+    "WAL_DIR",
+    [&["wal", "dir"]],
+    Some("./data"),
+    false,
+    "Directory of the write-ahead log and sealed segments; keep it on a persistent volume."
+);
+setting!(
+    WAL_MAX_BYTES,
+    "WAL_MAX_BYTES",
+    [&["wal", "max_bytes"]],
+    Some("10GiB"),
+    false,
+    "Disk budget of the WAL and segments; when full, the exporter stops reading the stream."
+);
+setting!(
+    QUEUE_SIZE,
+    "QUEUE_SIZE",
+    [&["queue", "size"]],
+    Some("1000"),
+    true,
+    "Events buffered in memory between the stream and the WAL writer."
+);
+setting!(
+    STREAM_BACKOFF_MAX_SEC,
+    "STREAM_BACKOFF_MAX_SEC",
+    [&["stream", "backoff_max_sec"]],
+    Some("60"),
+    false,
+    "Longest wait between two reconnections to OpenCTI (seconds)."
+);
+setting!(
+    STREAM_IDLE_TIMEOUT_SEC,
+    "STREAM_IDLE_TIMEOUT_SEC",
+    [&["stream", "idle_timeout_sec"]],
+    Some("45"),
+    false,
+    "Reconnect when no event with an id arrived for this long (seconds)."
+);
+setting!(
+    STREAM_MAX_EVENT_BYTES,
+    "STREAM_MAX_EVENT_BYTES",
+    [&["stream", "max_event_bytes"]],
+    Some("64MiB"),
+    false,
+    "Largest SSE event accepted; a bigger one goes to the dead-letter file."
+);
+setting!(
+    FILES_CONCURRENCY,
+    "FILES_CONCURRENCY",
+    [&["files", "concurrency"]],
+    Some("4"),
+    false,
+    "Attached files downloaded at once from OpenCTI."
+);
+setting!(
+    FILES_MAX_BYTES,
+    "FILES_MAX_BYTES",
+    [&["files", "max_bytes"]],
+    Some("32MiB"),
+    false,
+    "Largest attached file embedded; a bigger one is skipped with a warning."
+);
+setting!(
+    FILES_TIMEOUT_SEC,
+    "FILES_TIMEOUT_SEC",
+    [&["files", "timeout_sec"]],
+    Some("300"),
+    false,
+    "Time limit of one file download (seconds)."
+);
+setting!(
+    FILES_TOP_LEVEL_COPY,
+    "FILES_TOP_LEVEL_COPY",
+    [&["files", "top_level_copy"]],
+    Some("true"),
+    false,
+    "Also write the embedded files as a top-level data.files list, as the stock exporter does."
+);
+setting!(
+    UPLOAD_BACKOFF_MAX_SEC,
+    "UPLOAD_BACKOFF_MAX_SEC",
+    [&["upload", "backoff_max_sec"]],
+    Some("60"),
+    false,
+    "Longest wait between two upload attempts (seconds)."
+);
+setting!(
+    UPLOAD_TIMEOUT_SEC,
+    "UPLOAD_TIMEOUT_SEC",
+    [&["upload", "timeout_sec"]],
+    Some("300"),
+    false,
+    "Time limit of one upload attempt (seconds)."
+);
+setting!(
+    UPLOAD_MULTIPART_THRESHOLD,
+    "UPLOAD_MULTIPART_THRESHOLD",
+    [&["upload", "multipart_threshold"]],
+    Some("64MiB"),
+    false,
+    "Objects larger than this are uploaded in parts."
+);
 
 /// Every setting, in the order of `config.yml.sample`.
 pub const ALL: &[Setting] = &[

@@ -134,14 +134,18 @@ mod tests {
     #[test]
     fn yaml_numbers_and_both_write_interval_spellings_are_read() {
         let src = source(&[], "write_every_sec: 15\n");
-        let raw = src.get(&settings::WRITE_EVERY_SEC).map(|r| (r.value, r.origin));
+        let raw = src
+            .get(&settings::WRITE_EVERY_SEC)
+            .map(|r| (r.value, r.origin));
         assert_eq!(
             raw,
             Some(("15".to_string(), "write_every_sec (config.yml)".to_string()))
         );
         let src = source(&[], "write:\n  every_sec: 5\nwrite_every_sec: 15\n");
         assert_eq!(
-            src.get(&settings::WRITE_EVERY_SEC).map(|r| r.value).as_deref(),
+            src.get(&settings::WRITE_EVERY_SEC)
+                .map(|r| r.value)
+                .as_deref(),
             Some("5")
         );
     }

@@ -43,7 +43,10 @@ fn with(overrides: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'stat
 }
 
 fn without(key: &str) -> Vec<(&'static str, &'static str)> {
-    minimal_env().into_iter().filter(|(k, _)| *k != key).collect()
+    minimal_env()
+        .into_iter()
+        .filter(|(k, _)| *k != key)
+        .collect()
 }
 
 #[test]
@@ -119,7 +122,10 @@ queue:
     assert_eq!(live.id.as_deref(), Some("yaml-stream"));
     assert!(!live.listen_delete && !live.no_dependencies && live.with_inferences);
     assert_eq!(live.start_timestamp_ms, Some(1_718_012_300_000));
-    assert_eq!(live.recover_iso_date.as_deref(), Some("2024-06-10T09:38:20Z"));
+    assert_eq!(
+        live.recover_iso_date.as_deref(),
+        Some("2024-06-10T09:38:20Z")
+    );
     assert!(!config.connector.expose_metrics);
     assert_eq!(config.connector.metrics_port, 9100);
     assert_eq!(config.output.folder, "yaml/folder");
@@ -152,7 +158,9 @@ fn export_dir_replaces_the_minio_settings() {
         ("MINIO_COMPRESSION", "zstd"),
     ];
     let config = load(&env, None).expect("valid");
-    assert!(matches!(config.destination, Destination::Directory(ref d) if d == &PathBuf::from("/mnt/usb")));
+    assert!(
+        matches!(config.destination, Destination::Directory(ref d) if d == &PathBuf::from("/mnt/usb"))
+    );
     assert_eq!(config.output.compression, Compression::Zstd);
     assert_eq!(config.output.folder, "");
 }
@@ -162,19 +170,63 @@ fn errors_name_the_variable_and_the_problem() {
     let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
         (without("OPENCTI_URL"), "OPENCTI_URL", "is required"),
         (without("MINIO_BUCKET"), "MINIO_BUCKET", "is required"),
-        (with(&[("MINIO_PORT", "ninety")]), "MINIO_PORT", "port number"),
-        (with(&[("MINIO_PORT", "70000")]), "MINIO_PORT", "port number"),
-        (with(&[("WRITE_EVERY_SEC", "0")]), "WRITE_EVERY_SEC", "from 1"),
-        (with(&[("WRITE_EVERY_SEC", "soon")]), "WRITE_EVERY_SEC", "whole number"),
-        (with(&[("MINIO_SECURE", "maybe")]), "MINIO_SECURE", "true or false"),
-        (with(&[("MINIO_COMPRESSION", "gzip")]), "MINIO_COMPRESSION", "none or zstd"),
+        (
+            with(&[("MINIO_PORT", "ninety")]),
+            "MINIO_PORT",
+            "port number",
+        ),
+        (
+            with(&[("MINIO_PORT", "70000")]),
+            "MINIO_PORT",
+            "port number",
+        ),
+        (
+            with(&[("WRITE_EVERY_SEC", "0")]),
+            "WRITE_EVERY_SEC",
+            "from 1",
+        ),
+        (
+            with(&[("WRITE_EVERY_SEC", "soon")]),
+            "WRITE_EVERY_SEC",
+            "whole number",
+        ),
+        (
+            with(&[("MINIO_SECURE", "maybe")]),
+            "MINIO_SECURE",
+            "true or false",
+        ),
+        (
+            with(&[("MINIO_COMPRESSION", "gzip")]),
+            "MINIO_COMPRESSION",
+            "none or zstd",
+        ),
         (with(&[("WAL_MAX_BYTES", "lots")]), "WAL_MAX_BYTES", "size"),
-        (with(&[("WAL_MAX_BYTES", "100MiB")]), "WAL_MAX_BYTES", "twice WRITE_MAX_BYTES"),
+        (
+            with(&[("WAL_MAX_BYTES", "100MiB")]),
+            "WAL_MAX_BYTES",
+            "twice WRITE_MAX_BYTES",
+        ),
         (with(&[("OPENCTI_URL", "opencti")]), "OPENCTI_URL", "URL"),
-        (with(&[("MINIO_ENDPOINT", "minio:9000")]), "MINIO_ENDPOINT", "MINIO_PORT=9000"),
-        (with(&[("MINIO_BUCKET", "Bad_Bucket")]), "MINIO_BUCKET", "bucket name"),
-        (with(&[("CONNECTOR_TYPE", "EXTERNAL_IMPORT")]), "CONNECTOR_TYPE", "STREAM"),
-        (with(&[("CONNECTOR_LIVE_STREAM_ID", "ChangeMe")]), "CONNECTOR_LIVE_STREAM_ID", "ChangeMe"),
+        (
+            with(&[("MINIO_ENDPOINT", "minio:9000")]),
+            "MINIO_ENDPOINT",
+            "MINIO_PORT=9000",
+        ),
+        (
+            with(&[("MINIO_BUCKET", "Bad_Bucket")]),
+            "MINIO_BUCKET",
+            "bucket name",
+        ),
+        (
+            with(&[("CONNECTOR_TYPE", "EXTERNAL_IMPORT")]),
+            "CONNECTOR_TYPE",
+            "STREAM",
+        ),
+        (
+            with(&[("CONNECTOR_LIVE_STREAM_ID", "ChangeMe")]),
+            "CONNECTOR_LIVE_STREAM_ID",
+            "ChangeMe",
+        ),
         (
             with(&[("CONNECTOR_LIVE_STREAM_START_TIMESTAMP", "2024-01-01")]),
             "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
@@ -185,9 +237,21 @@ fn errors_name_the_variable_and_the_problem() {
             "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
             "ISO-8601",
         ),
-        (with(&[("MINIO_CA_FILE", "/nonexistent/ca.pem")]), "MINIO_CA_FILE", "readable file"),
-        (with(&[("CONNECTOR_LOG_LEVEL", "loud")]), "CONNECTOR_LOG_LEVEL", "debug"),
-        (with(&[("OPENCTI_TOKEN", "")]), "OPENCTI_TOKEN", "must not be empty"),
+        (
+            with(&[("MINIO_CA_FILE", "/nonexistent/ca.pem")]),
+            "MINIO_CA_FILE",
+            "readable file",
+        ),
+        (
+            with(&[("CONNECTOR_LOG_LEVEL", "loud")]),
+            "CONNECTOR_LOG_LEVEL",
+            "debug",
+        ),
+        (
+            with(&[("OPENCTI_TOKEN", "")]),
+            "OPENCTI_TOKEN",
+            "must not be empty",
+        ),
     ];
     for (env, variable, problem) in cases {
         let err = load(&env, None).expect_err(variable);

@@ -211,7 +211,9 @@ impl Committer {
                 let _ = reply.send(position);
             }
             _ if self.dropping => {
-                self.stats.dropped_while_full.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .dropped_while_full
+                    .fetch_add(1, Ordering::Relaxed);
             }
             StreamItem::Export {
                 id,
@@ -259,12 +261,12 @@ impl Committer {
                     reason: &reason,
                     payload: &payload,
                 };
-                self.dead_letters
-                    .append(dead, now_ms())
-                    .map_err(|source| PipelineError::DeadLetter {
+                self.dead_letters.append(dead, now_ms()).map_err(|source| {
+                    PipelineError::DeadLetter {
                         path: self.dead_letters.path().to_path_buf(),
                         source,
-                    })?;
+                    }
+                })?;
                 self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     event_id = id.as_deref().unwrap_or("-"),

@@ -54,7 +54,8 @@ pub async fn run(
         if full_file_waiting || interval_over {
             let sealing = wal.clone();
             let max_bytes = settings.max_bytes;
-            let result = tokio::task::spawn_blocking(move || sealing.seal(max_bytes, now_ms())).await;
+            let result =
+                tokio::task::spawn_blocking(move || sealing.seal(max_bytes, now_ms())).await;
             match result {
                 Ok(Ok(Some(segment))) => {
                     backoff.reset();

@@ -83,7 +83,8 @@ impl DeadLetterFile {
 
     /// Appends `event` and fsyncs the file. On error nothing may be assumed written.
     pub fn append(&mut self, event: DeadEvent<'_>, now_ms: u64) -> io::Result<()> {
-        let keep_payload = self.written.saturating_add(event.payload.len() as u64) <= self.max_bytes;
+        let keep_payload =
+            self.written.saturating_add(event.payload.len() as u64) <= self.max_bytes;
         let text = std::str::from_utf8(event.payload).ok();
         let entry = Entry {
             at_ms: now_ms,
@@ -144,7 +145,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(file.path()).expect("meta").permissions().mode();
+            let mode = std::fs::metadata(file.path())
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -147,7 +147,10 @@ impl Pipeline {
                 path: wal.dir().join(dead_letter::FILE_NAME),
                 source,
             })?;
-        let budget = Arc::new(Budget::new(settings.max_bytes, settings.compactor.max_bytes));
+        let budget = Arc::new(Budget::new(
+            settings.max_bytes,
+            settings.compactor.max_bytes,
+        ));
         budget.refresh(&wal.disk_usage());
         let stats = PipelineStats {
             stream: Arc::new(StreamStats::default()),

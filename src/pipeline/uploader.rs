@@ -67,11 +67,17 @@ pub struct UploaderStats {
 
 impl UploaderStats {
     fn set_failing(&self, value: Option<String>) {
-        *self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        *self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
     }
 
     fn set_damaged(&self, value: Option<String>) {
-        *self.damaged.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        *self
+            .damaged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
     }
 
     /// The failure in progress, if uploads are failing.
@@ -245,7 +251,9 @@ impl Uploader {
         key: &str,
         cancel: &CancellationToken,
     ) -> Result<(), Option<AttemptError>> {
-        let body = self.body(segment).map_err(|e| Some(AttemptError::Segment(e)))?;
+        let body = self
+            .body(segment)
+            .map_err(|e| Some(AttemptError::Segment(e)))?;
         let put = tokio::time::timeout(self.settings.attempt_timeout, self.sink.put(key, &body));
         tokio::pin!(put);
         let result = tokio::select! {
@@ -288,11 +296,15 @@ impl Uploader {
             Compression::None => {
                 // Opening checks that the file is there; the reader checks size and MD5 at EOF.
                 drop(wal.open_segment(number)?);
-                Ok(BodySource::new(segment.raw_bytes, segment.raw_md5, move || {
-                    wal.open_segment(number)
-                        .map(|reader| Box::new(reader) as Box<dyn std::io::Read + Send>)
-                        .map_err(std::io::Error::other)
-                }))
+                Ok(BodySource::new(
+                    segment.raw_bytes,
+                    segment.raw_md5,
+                    move || {
+                        wal.open_segment(number)
+                            .map(|reader| Box::new(reader) as Box<dyn std::io::Read + Send>)
+                            .map_err(std::io::Error::other)
+                    },
+                ))
             }
             Compression::Zstd => {
                 drop(wal.open_segment_stored(number)?);
@@ -331,8 +343,7 @@ impl Uploader {
     async fn mark_done(&self, segment: &SegmentMeta, key: &str, took: Duration) -> bool {
         let wal = self.wal.clone();
         let number = segment.number;
-        let marked =
-            tokio::task::spawn_blocking(move || wal.mark_uploaded(number, now_ms())).await;
+        let marked = tokio::task::spawn_blocking(move || wal.mark_uploaded(number, now_ms())).await;
         match marked {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
@@ -346,9 +357,13 @@ impl Uploader {
         }
         let millis = took.as_millis() as u64;
         self.stats.uploaded.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(segment.raw_bytes, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(segment.raw_bytes, Ordering::Relaxed);
         self.stats.last_upload_ms.store(millis, Ordering::Relaxed);
-        self.stats.upload_ms_total.fetch_add(millis, Ordering::Relaxed);
+        self.stats
+            .upload_ms_total
+            .fetch_add(millis, Ordering::Relaxed);
         self.budget.refresh(&self.wal.disk_usage());
         tracing::info!(
             key,
@@ -364,7 +379,9 @@ impl Uploader {
     fn log_failure(&self, segment: &SegmentMeta, key: &str, err: &AttemptError, delay: Duration) {
         let hint = match err {
             AttemptError::Sink(e) => match e.kind {
-                SinkErrorKind::Auth => "check MINIO_ACCESS_KEY / MINIO_SECRET_KEY and the bucket policy",
+                SinkErrorKind::Auth => {
+                    "check MINIO_ACCESS_KEY / MINIO_SECRET_KEY and the bucket policy"
+                }
                 SinkErrorKind::NoSuchBucket => "the bucket is missing; creating it again",
                 SinkErrorKind::Throttled => "the server asks to slow down",
                 SinkErrorKind::Network | SinkErrorKind::Timeout => {

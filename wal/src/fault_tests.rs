@@ -12,7 +12,9 @@ fn open(dir: &std::path::Path) -> Wal {
 }
 
 fn records(prefix: &str, n: usize) -> Vec<Bytes> {
-    (0..n).map(|i| Bytes::from(format!("{prefix}-{i}"))).collect()
+    (0..n)
+        .map(|i| Bytes::from(format!("{prefix}-{i}")))
+        .collect()
 }
 
 #[test]
@@ -27,7 +29,11 @@ fn everything_queued_during_a_commit_shares_the_next_one() {
     drop(held);
     let results: Vec<_> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
     let stats = wal.stats();
-    assert_eq!(stats.commits.load(Ordering::Relaxed), 1, "one flush and fsync for 200 appends");
+    assert_eq!(
+        stats.commits.load(Ordering::Relaxed),
+        1,
+        "one flush and fsync for 200 appends"
+    );
     assert_eq!(stats.groups.load(Ordering::Relaxed), 200);
     let firsts: Vec<u64> = results.iter().map(|c| c.first_seq).collect();
     assert_eq!(firsts, (0..200).map(|i| i * 3).collect::<Vec<_>>());
@@ -52,7 +58,10 @@ fn a_commit_bigger_than_the_limit_is_split_between_whole_groups() {
         p.wait().unwrap();
     }
     let commits = wal.stats().commits.load(Ordering::Relaxed);
-    assert_eq!(commits, 4, "groups of 300 bytes under a 1000-byte limit: 3+3+3+1");
+    assert_eq!(
+        commits, 4,
+        "groups of 300 bytes under a 1000-byte limit: 3+3+3+1"
+    );
 }
 
 #[test]
@@ -60,12 +69,20 @@ fn a_failed_commit_fails_all_its_requests_and_poisons_the_wal() {
     let tmp = tempfile::tempdir().unwrap();
     let wal = open(tmp.path());
     let appender = wal.appender();
-    appender.append(records("before", 2), Some("1-0".into())).wait().unwrap();
+    appender
+        .append(records("before", 2), Some("1-0".into()))
+        .wait()
+        .unwrap();
 
     let held = wal.faults().hold.lock().unwrap();
     wal.faults().fail_next_sync.store(true, Ordering::SeqCst);
     let pending: Vec<_> = (0..5)
-        .map(|i| appender.append(records(&format!("lost{i}"), 2), Some(format!("{}-0", i + 2))))
+        .map(|i| {
+            appender.append(
+                records(&format!("lost{i}"), 2),
+                Some(format!("{}-0", i + 2)),
+            )
+        })
         .collect();
     drop(held);
     for p in pending {
@@ -81,7 +98,10 @@ fn a_failed_commit_fails_all_its_requests_and_poisons_the_wal() {
         appender.append(records("after", 1), None).wait(),
         Err(WalError::Poisoned { .. })
     ));
-    assert!(matches!(wal.seal(u64::MAX, 1_718_012_346_001), Err(WalError::Poisoned { .. })));
+    assert!(matches!(
+        wal.seal(u64::MAX, 1_718_012_346_001),
+        Err(WalError::Poisoned { .. })
+    ));
     assert_eq!(wal.stats().commit_failures.load(Ordering::Relaxed), 1);
     drop((appender, wal));
 
@@ -95,5 +115,8 @@ fn a_failed_commit_fails_all_its_requests_and_poisons_the_wal() {
         other => panic!("partial commit visible: cursor {other:?}, backlog {backlog:?}"),
     }
     let appender = wal.appender();
-    appender.append(records("again", 1), Some("7-0".into())).wait().unwrap();
+    appender
+        .append(records("again", 1), Some("7-0".into()))
+        .wait()
+        .unwrap();
 }

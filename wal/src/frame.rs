@@ -215,7 +215,9 @@ impl BufRead for ChunkStream<'_> {
 }
 
 /// Decodes a frame's raw content.
-pub(crate) fn decoder(stream: ChunkStream<'_>) -> io::Result<zstd::stream::read::Decoder<'static, ChunkStream<'_>>> {
+pub(crate) fn decoder(
+    stream: ChunkStream<'_>,
+) -> io::Result<zstd::stream::read::Decoder<'static, ChunkStream<'_>>> {
     zstd::stream::read::Decoder::with_buffer(stream)
 }
 

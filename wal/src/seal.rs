@@ -111,7 +111,14 @@ fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalEr
         if whole && pos.record == 0 && header.raw_bytes >= COPY_MIN_RAW_BYTES {
             out.copy_frame(request.store, pos.frame, &header)?;
         } else {
-            out.recompress_part(request.store, pos.frame, &header, pos.raw_offset, take_bytes, take)?;
+            out.recompress_part(
+                request.store,
+                pos.frame,
+                &header,
+                pos.raw_offset,
+                take_bytes,
+                take,
+            )?;
         }
         if whole {
             removed_frames.push((pos.frame, header.chunks));
@@ -129,7 +136,8 @@ fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalEr
     }
     let (raw_md5, raw_bytes, records, stored_md5, stored_bytes) = out.finish(tmp)?;
     let path = segment::segment_path(request.segments_dir, request.number);
-    std::fs::rename(tmp, &path).map_err(|e| WalError::io("renaming segment into place", &path, e))?;
+    std::fs::rename(tmp, &path)
+        .map_err(|e| WalError::io("renaming segment into place", &path, e))?;
     crate::dir::sync_dir(request.segments_dir)?;
     Ok(SealPlan {
         meta: SegmentMeta {
@@ -153,7 +161,12 @@ fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalEr
 
 /// How many records of `header` from `start` fit in `budget` raw bytes, and their raw size. The
 /// first record of a segment is taken even when it alone exceeds the budget.
-fn fitting_records(header: &FrameHeader, start: u64, budget: u64, segment_empty: bool) -> (u64, u64) {
+fn fitting_records(
+    header: &FrameHeader,
+    start: u64,
+    budget: u64,
+    segment_empty: bool,
+) -> (u64, u64) {
     let mut take = 0;
     let mut bytes = 0;
     for len in &header.record_lens[start as usize..] {
@@ -224,7 +237,12 @@ impl SegmentBuilder {
     }
 
     /// Appends frame `seq` as it is stored, decoding it only to hash its raw content.
-    fn copy_frame(&mut self, store: &Store, seq: u64, header: &FrameHeader) -> Result<(), WalError> {
+    fn copy_frame(
+        &mut self,
+        store: &Store,
+        seq: u64,
+        header: &FrameHeader,
+    ) -> Result<(), WalError> {
         let path = self.path.clone();
         self.encoder
             .finish_frame(&mut self.stored)
@@ -234,7 +252,9 @@ impl SegmentBuilder {
         let mut raw = 0u64;
         let mut newlines = 0u64;
         loop {
-            let n = decoder.read(&mut self.buffer).map_err(|e| frame_error(seq, e))?;
+            let n = decoder
+                .read(&mut self.buffer)
+                .map_err(|e| frame_error(seq, e))?;
             if n == 0 {
                 break;
             }
@@ -316,7 +336,9 @@ impl SegmentBuilder {
         self.encoder
             .finish_frame(&mut self.stored)
             .map_err(self.io_error("writing segment"))?;
-        self.stored.flush().map_err(self.io_error("writing segment"))?;
+        self.stored
+            .flush()
+            .map_err(self.io_error("writing segment"))?;
         let file = self
             .stored
             .file

@@ -275,7 +275,12 @@ impl Wal {
             }
             return Err(error);
         }
-        tracing::debug!(segment = meta.number, records = meta.records, raw_bytes = meta.raw_bytes, "sealed");
+        tracing::debug!(
+            segment = meta.number,
+            records = meta.records,
+            raw_bytes = meta.raw_bytes,
+            "sealed"
+        );
         Ok(Some(meta))
     }
 
@@ -378,9 +383,7 @@ impl Wal {
         request: Request,
         answer: mpsc::Receiver<Result<T, WalError>>,
     ) -> Result<T, WalError> {
-        self.sender()
-            .send(request)
-            .map_err(|_| WalError::Closed)?;
+        self.sender().send(request).map_err(|_| WalError::Closed)?;
         answer.recv().unwrap_or(Err(WalError::Closed))
     }
 

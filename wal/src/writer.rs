@@ -104,9 +104,15 @@ impl Request {
 
 /// The answer owed to one request of a commit.
 enum Reply {
-    Append(oneshot::Sender<Result<Committed, WalError>>, Result<Committed, WalError>),
+    Append(
+        oneshot::Sender<Result<Committed, WalError>>,
+        Result<Committed, WalError>,
+    ),
     Done(mpsc::Sender<Result<(), WalError>>, Result<(), WalError>),
-    Uploaded(mpsc::Sender<Result<SegmentMeta, WalError>>, Result<SegmentMeta, WalError>),
+    Uploaded(
+        mpsc::Sender<Result<SegmentMeta, WalError>>,
+        Result<SegmentMeta, WalError>,
+    ),
 }
 
 impl Reply {
@@ -122,7 +128,8 @@ impl Reply {
 
     /// Answers that the writer is gone.
     fn fail_closed(self) {
-        self.replace_success(|| WalError::Closed).send(&WalStats::default());
+        self.replace_success(|| WalError::Closed)
+            .send(&WalStats::default());
     }
 
     fn send(self, stats: &WalStats) {
@@ -527,7 +534,10 @@ impl Planner {
         if init.last_sealed_ts_ms >= MAX_TS_MS {
             return Err(WalError::InvalidArgument {
                 what: "last_sealed_ts_ms",
-                reason: format!("{} leaves no 13-digit timestamp after it", init.last_sealed_ts_ms),
+                reason: format!(
+                    "{} leaves no 13-digit timestamp after it",
+                    init.last_sealed_ts_ms
+                ),
             });
         }
         let state = &mut plan.state;
@@ -575,7 +585,10 @@ impl Committer {
                     let error = || WalError::Poisoned {
                         cause: cause.clone(),
                     };
-                    replies.into_iter().map(|r| r.replace_success(error)).collect()
+                    replies
+                        .into_iter()
+                        .map(|r| r.replace_success(error))
+                        .collect()
                 }
                 Err(error) => {
                     tracing::error!(error = %error, "WAL commit failed; refusing writes until reopened");
@@ -586,7 +599,10 @@ impl Committer {
                     let error = || WalError::CommitFailed {
                         cause: cause.clone(),
                     };
-                    replies.into_iter().map(|r| r.replace_success(error)).collect()
+                    replies
+                        .into_iter()
+                        .map(|r| r.replace_success(error))
+                        .collect()
                 }
             };
             for reply in replies {

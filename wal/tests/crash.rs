@@ -17,8 +17,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -129,7 +129,10 @@ fn seal_and_upload_forever(wal: &Wal, dir: &Path) {
         while wal.segments().len() > 3 {
             let oldest = wal.segments()[0].number;
             let mut raw = Vec::new();
-            wal.open_segment(oldest).unwrap().read_to_end(&mut raw).unwrap();
+            wal.open_segment(oldest)
+                .unwrap()
+                .read_to_end(&mut raw)
+                .unwrap();
             let target = uploaded.join(format!("{oldest}.json"));
             if let Ok(existing) = std::fs::read(&target)
                 && existing != raw
@@ -153,7 +156,13 @@ struct Round {
 
 fn run_child(dir: &Path, start: u64, rng: &mut impl Rng, wait_for_ack: bool) -> Round {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_ENV, dir)
         .env(START_ENV, start.to_string())
         .stdout(Stdio::piped())
@@ -183,9 +192,15 @@ fn run_child(dir: &Path, start: u64, rng: &mut impl Rng, wait_for_ack: bool) -> 
         let deadline = Instant::now() + DEADLINE;
         while last_acked.load(Ordering::SeqCst) < 0 {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("child exited early with {status}: {}", stderr_reader.join().unwrap());
+                panic!(
+                    "child exited early with {status}: {}",
+                    stderr_reader.join().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "the child acknowledged nothing within {DEADLINE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the child acknowledged nothing within {DEADLINE:?}"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -213,7 +228,10 @@ fn reopen(dir: &Path) -> Wal {
     loop {
         match Wal::open(options(dir)) {
             Ok((wal, report)) => {
-                assert!(report.damaged.is_empty(), "damaged segments after a kill: {report:?}");
+                assert!(
+                    report.damaged.is_empty(),
+                    "damaged segments after a kill: {report:?}"
+                );
                 return wal;
             }
             Err(WalError::Locked { .. }) if Instant::now() < deadline => {
@@ -243,23 +261,37 @@ fn verify(dir: &Path, last_acked: Option<u64>) -> Option<u64> {
                 .count() as u64
         })
         .unwrap_or(0);
-    assert_eq!(uploaded_files, uploaded, "uploaded files are not a gapless run from 1");
+    assert_eq!(
+        uploaded_files, uploaded,
+        "uploaded files are not a gapless run from 1"
+    );
     let segments = wal.segments();
     if let Some(first) = segments.first() {
-        assert!(first.number <= uploaded + 1, "segment {} follows upload {uploaded}", first.number);
+        assert!(
+            first.number <= uploaded + 1,
+            "segment {} follows upload {uploaded}",
+            first.number
+        );
     }
     for meta in &segments {
         let content = support::read_segment(&wal, meta.number);
         if meta.number <= uploaded {
             let sent = std::fs::read(uploaded_dir.join(format!("{}.json", meta.number))).unwrap();
-            assert_eq!(sent, content, "segment {} changed since it was uploaded", meta.number);
+            assert_eq!(
+                sent, content,
+                "segment {} changed since it was uploaded",
+                meta.number
+            );
         } else {
             raw.extend_from_slice(&content);
         }
     }
     let mut next_number = segments.last().map_or(uploaded + 1, |m| m.number + 1);
     for meta in support::seal_all(&wal, 256 * 1024) {
-        assert_eq!(meta.number, next_number, "sealed segments must continue the numbering");
+        assert_eq!(
+            meta.number, next_number,
+            "sealed segments must continue the numbering"
+        );
         next_number += 1;
         raw.extend_from_slice(&support::read_segment(&wal, meta.number));
     }
@@ -275,7 +307,9 @@ fn verify(dir: &Path, last_acked: Option<u64>) -> Option<u64> {
         assert!(
             end <= records.len() && records[at..end] == expected[..],
             "group {id} is not whole at record {at}: found {:?}",
-            records.get(at).map(|r| String::from_utf8_lossy(r).into_owned())
+            records
+                .get(at)
+                .map(|r| String::from_utf8_lossy(r).into_owned())
         );
         if !expected.is_empty() {
             last_with_records = Some(id);
