@@ -320,3 +320,21 @@ fn the_sample_config_documents_every_setting() {
     let config = Config::from_source(&source).expect("the sample is a valid configuration");
     assert_eq!(config.write.every, Duration::from_secs(60));
 }
+
+#[test]
+fn the_readme_documents_every_setting_with_its_default() {
+    let readme = include_str!("../../README.md");
+    for setting in settings::ALL {
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{}` |", setting.env)))
+            .unwrap_or_else(|| panic!("README.md has no row for {}", setting.env));
+        if let Some(default) = setting.default.filter(|d| !d.is_empty()) {
+            assert!(
+                row.contains(&format!("`{default}`")),
+                "README.md row of {} does not show its default {default}",
+                setting.env
+            );
+        }
+    }
+}
