@@ -214,6 +214,14 @@ impl Simulator {
             counters: Counters::default(),
             shutdown: CancellationToken::new(),
         });
+        if shared.config.prerender {
+            let rendering = shared.clone();
+            tokio::task::spawn_blocking(move || rendering.prerender())
+                .await
+                .map_err(|e| {
+                    SimulatorError::Config(format!("pre-rendering the corpus failed: {e}"))
+                })?;
+        }
         let task = tokio::spawn(server::accept_loop(shared.clone(), listener));
         Ok(SimulatorHandle {
             shared,

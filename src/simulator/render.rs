@@ -571,7 +571,7 @@ fn merge_source(out: &mut Vec<u8>, ty: StixType, seed: u64, i: u8, ms: u64) {
     out.extend_from_slice(br#","revoked":false,"confidence":75,"lang":"en","name":"#);
     json_str(out, &source_name(ty, seed, i));
     out.extend_from_slice(br#","description":"#);
-    json_str(out, &text::description(s, false));
+    text::description_json(out, s, false);
     if ty == StixType::Malware {
         out.extend_from_slice(br#","malware_types":["trojan"],"is_family":true"#);
     }
@@ -698,6 +698,11 @@ pub fn name(w: &World, object: u32, upto: u32) -> String {
 fn description(w: &World, object: u32, view: &View) -> String {
     let o = &w.objects[object as usize];
     text::description(derive(o.seed, 0xDE5C + u64::from(view.rev)), o.intl)
+}
+
+fn description_json(out: &mut Vec<u8>, w: &World, object: u32, view: &View) {
+    let o = &w.objects[object as usize];
+    text::description_json(out, derive(o.seed, 0xDE5C + u64::from(view.rev)), o.intl);
 }
 
 fn aliases(ty: StixType, view: &View) -> Vec<String> {
@@ -842,7 +847,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
         out.extend_from_slice(br#"":{"extension_type":"property-extension","score":"#);
         num(out, score(o.seed, view.score_gen));
         out.extend_from_slice(br#","description":"#);
-        json_str(out, &description(w, object, &view));
+        description_json(out, w, object, &view);
         out.push(b'}');
     }
     out.push(b'}');
@@ -914,13 +919,12 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
         }
         out.push(b']');
     }
-    let desc = || description(w, object, &view);
     match o.ty {
         StixType::Identity => {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","identity_class":"organization","sectors":["#);
             if o.seed % 2 == 0 {
                 json_str(out, text::SECTORS[(o.seed % 5) as usize]);
@@ -931,7 +935,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","malware_types":["trojan"],"is_family":true,"aliases":"#);
             let names = aliases(o.ty, &view);
             string_list(out, &names.iter().map(String::as_str).collect::<Vec<_>>());
@@ -941,7 +945,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &indicator_value(o.seed, generation));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","indicator_types":["malicious-activity"],"pattern":"#);
             json_str(out, &pattern(o.seed, generation));
             out.extend_from_slice(br#","pattern_type":"stix","valid_from":"#);
@@ -953,7 +957,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
         }
         StixType::AttackPattern => {
             let (mitre_id, _) =
@@ -961,7 +965,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","aliases":"#);
             let names = aliases(o.ty, &view);
             string_list(out, &names.iter().map(String::as_str).collect::<Vec<_>>());
@@ -972,7 +976,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","report_types":["threat-report"],"published":"#);
             iso_str(out, o.created_ms - o.created_ms % 86_400_000);
             out.extend_from_slice(br#","object_refs":["#);
@@ -990,7 +994,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","relationship_type":""#);
             out.extend_from_slice(relationship_type(w, object).as_bytes());
             out.extend_from_slice(br#"","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","source_ref":""#);
             w.stix_id(o.links[0], upto).write(out);
             out.extend_from_slice(br#"","target_ref":""#);

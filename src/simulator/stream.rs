@@ -141,6 +141,39 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Renders every full chunk of the log into the cache (until the budget is used), on two
+    /// threads. Blocking.
+    pub(crate) fn prerender(&self) {
+        let world = self.world.read().unwrap_or_else(|p| p.into_inner());
+        let full = world.events.len() as u32 / CHUNK;
+        let budget = self.config.frame_cache_bytes;
+        let next = std::sync::atomic::AtomicU32::new(0);
+        let used = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    loop {
+                        let number = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if number >= full
+                            || used.load(std::sync::atomic::Ordering::Relaxed) >= budget
+                        {
+                            break;
+                        }
+                        let chunk =
+                            Arc::new(render_chunk(&world, number * CHUNK, (number + 1) * CHUNK));
+                        used.fetch_add(chunk.bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                        let mut cache = lock(&self.cache);
+                        cache.bytes += chunk.bytes.len();
+                        cache.chunks.insert(number, chunk);
+                        cache.order.push_back(number);
+                    }
+                });
+            }
+        });
+    }
+}
+
 /// An item of the response body.
 pub enum BodyItem {
     Data(Bytes),
@@ -229,6 +262,7 @@ pub fn start(
         written: 0,
         started: Instant::now(),
         paced: 0,
+        current: None,
         plan,
     };
     tokio::spawn(session.run());
@@ -253,6 +287,8 @@ struct Session {
     next_heartbeat: Instant,
     started: Instant,
     paced: u64,
+    /// The chunk being read.
+    current: Option<Arc<RenderedChunk>>,
 }
 
 /// Bytes and served events gathered before one write.
@@ -574,11 +610,25 @@ impl Session {
         }
     }
 
+    /// The chunk holding live event `position`: the one this connection is reading if it
+    /// covers it (so a chunk is rendered at most once per connection even without a cache).
+    fn chunk_at(&mut self, position: u32) -> Arc<RenderedChunk> {
+        if let Some(chunk) = &self.current {
+            let end = chunk.first + chunk.meta.len() as u32;
+            if chunk.first <= position && position < end {
+                return chunk.clone();
+            }
+        }
+        let chunk = self.shared.chunk(position);
+        self.current = Some(chunk.clone());
+        chunk
+    }
+
     fn fill_live(&mut self, batch: &mut Batch, limit: u64) {
         let shared = self.shared.clone();
         let len = *shared.log_len.borrow() as u32;
         while batch.frames < limit && batch.bytes < BATCH_BYTES && self.position < len {
-            let chunk = shared.chunk(self.position);
+            let chunk = self.chunk_at(self.position);
             // Taken only when a dependency must be rendered, and released before the next
             // chunk is fetched (which may take the lock again).
             let mut world = None;
@@ -717,7 +767,15 @@ impl Session {
             return (id, out);
         }
         if self.position < *self.shared.log_len.borrow() as u32 {
-            let chunk = self.shared.chunk(self.position);
+            let chunk = match &self.current {
+                Some(c)
+                    if c.first <= self.position
+                        && self.position < c.first + c.meta.len() as u32 =>
+                {
+                    c.clone()
+                }
+                _ => self.shared.chunk(self.position),
+            };
             let i = (self.position - chunk.first) as usize;
             let (a, b) = (chunk.offsets[i] as usize, chunk.offsets[i + 1] as usize);
             return (chunk.meta[i].id, chunk.bytes[a..b].to_vec());
@@ -820,5 +878,39 @@ impl Session {
         if !self.shared.config.record_events {
             lock(&self.record).events.append(&mut batch.events);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::SimulatorConfig;
+
+    /// Rendering speed, for tuning: `cargo test --release --lib render_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints a measurement"]
+    fn render_speed() {
+        let config = SimulatorConfig {
+            live_events: 200_000,
+            knowledge_base: 2_000,
+            ..SimulatorConfig::default()
+        };
+        let started = Instant::now();
+        let world = World::new(&config);
+        println!("generate: {:?}", started.elapsed());
+        let started = Instant::now();
+        let mut bytes = 0;
+        for first in (0..200_000).step_by(CHUNK as usize) {
+            bytes += render_chunk(&world, first, (first + CHUNK).min(200_000))
+                .bytes
+                .len();
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "render: {:?} = {:.2} us/event, {} bytes/event",
+            elapsed,
+            elapsed.as_secs_f64() * 1e6 / 200_000.0,
+            bytes / 200_000
+        );
     }
 }

@@ -57,6 +57,8 @@ pub struct Object {
     pub ty: StixType,
     pub seed: u64,
     pub internal: u128,
+    /// The UUID of the STIX id (for an indicator: before any pattern change).
+    pub stix_uuid: u128,
     pub created_ms: u64,
     /// `updated_at` before any live version.
     pub first_updated_ms: u64,
@@ -193,6 +195,7 @@ impl World {
                 ty: StixType::MarkingDefinition,
                 seed,
                 internal: uuid_v4(seed),
+                stix_uuid: TLP_MARKINGS[i].0,
                 created_ms: marking_ms,
                 first_updated_ms: marking_ms,
                 created_event: NONE,
@@ -371,6 +374,11 @@ impl World {
             ty,
             seed,
             internal: uuid_v4(derive(seed, 1)),
+            stix_uuid: if ty == StixType::Indicator {
+                uuid_v5(derive(seed, 0x1D00))
+            } else {
+                uuid_v5(seed)
+            },
             created_ms,
             first_updated_ms: updated_ms,
             created_event: event,
@@ -628,15 +636,11 @@ impl World {
     pub fn stix_id(&self, object: u32, upto: u32) -> StixId {
         let o = &self.objects[object as usize];
         let uuid = match o.ty {
-            StixType::MarkingDefinition => {
-                let i = (object as usize).min(TLP_MARKINGS.len() - 1);
-                TLP_MARKINGS[i].0
-            }
-            StixType::Indicator => uuid_v5(derive(
-                o.seed,
-                0x1D00 + u64::from(self.pattern_gen(object, upto)),
-            )),
-            _ => uuid_v5(o.seed),
+            StixType::Indicator if !o.versions.is_empty() => match self.pattern_gen(object, upto) {
+                0 => o.stix_uuid,
+                generation => uuid_v5(derive(o.seed, 0x1D00 + u64::from(generation))),
+            },
+            _ => o.stix_uuid,
         };
         StixId { ty: o.ty, uuid }
     }

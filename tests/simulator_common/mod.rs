@@ -36,6 +36,8 @@ pub struct SseFrame {
     pub id: Option<String>,
     pub event: Option<String>,
     pub data: Vec<u8>,
+    /// `origin.referer` of a data event's payload (parsed once).
+    pub referer: Option<String>,
     /// The exact bytes of the frame, blank line included.
     pub raw: Vec<u8>,
 }
@@ -184,6 +186,7 @@ fn parse_frame(raw: Vec<u8>) -> SseFrame {
         id: None,
         event: None,
         data: Vec::new(),
+        referer: None,
         raw: raw.clone(),
     };
     for line in raw[..raw.len() - 2].split(|b| *b == b'\n') {
@@ -196,6 +199,15 @@ fn parse_frame(raw: Vec<u8>) -> SseFrame {
         } else {
             panic!("unexpected SSE line {:?}", String::from_utf8_lossy(line));
         }
+    }
+    if frame.is_data_event() {
+        frame.referer = serde_json::from_slice::<serde_json::Value>(&frame.data)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/origin/referer")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned)
+            });
     }
     frame
 }
