@@ -27,6 +27,7 @@
 
 mod cli;
 mod config;
+mod cut;
 mod faults;
 mod graphql;
 mod ids;

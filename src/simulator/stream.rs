@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::cut::CutSignal;
 use super::faults::{Fault, InjectedEvent};
 use super::ids::{EventId, write_iso};
 use super::model::{EventKind, IdentityKey, Role, StixId, StixType};
@@ -184,6 +185,8 @@ pub enum BodyItem {
 /// The body of an SSE response: whatever the producer task sends.
 pub struct SseBody {
     rx: mpsc::Receiver<BodyItem>,
+    signal: Arc<CutSignal>,
+    cut: bool,
 }
 
 impl Body for SseBody {
@@ -194,12 +197,17 @@ impl Body for SseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.cut {
+            // Never end: the socket is shut down under hyper once its buffer is flushed.
+            return Poll::Pending;
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(BodyItem::Data(bytes))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-            Poll::Ready(Some(BodyItem::Abort)) => Poll::Ready(Some(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "fault: connection aborted",
-            )))),
+            Poll::Ready(Some(BodyItem::Abort)) => {
+                self.cut = true;
+                self.signal.request();
+                Poll::Pending
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -232,6 +240,7 @@ pub fn start(
     shared: Arc<Shared>,
     record: Arc<Mutex<ConnectionRecord>>,
     plan: SessionPlan,
+    signal: Arc<CutSignal>,
 ) -> SseBody {
     let (tx, rx) = mpsc::channel(BODY_DEPTH);
     let start_position = {
@@ -263,10 +272,16 @@ pub fn start(
         started: Instant::now(),
         paced: 0,
         current: None,
+        after_dependency: false,
+        deferred_injections: Vec::new(),
         plan,
     };
     tokio::spawn(session.run());
-    SseBody { rx }
+    SseBody {
+        rx,
+        signal,
+        cut: false,
+    }
 }
 
 struct Session {
@@ -289,6 +304,11 @@ struct Session {
     paced: u64,
     /// The chunk being read.
     current: Option<Arc<RenderedChunk>>,
+    /// The last data frame written was a dependency (its event has not been written yet).
+    after_dependency: bool,
+    /// An injection that fired between dependencies and their event: written after the event,
+    /// so an injected event never sits inside such a group with an older id.
+    deferred_injections: Vec<InjectedEvent>,
 }
 
 /// Bytes and served events gathered before one write.
@@ -408,7 +428,12 @@ impl Session {
             }
             let budget = self.shared.faults.budget().unwrap_or(u64::MAX);
             let allowance = self.pace_allowance();
-            let limit = budget.min(allowance);
+            // Deferred injections go out right after the event their dependencies belong to.
+            let limit = if self.deferred_injections.is_empty() {
+                budget.min(allowance)
+            } else {
+                budget.min(allowance).min(1)
+            };
             let idle = self.recovery_index >= self.plan.recovery.len()
                 && u64::from(self.position) >= *log_len.borrow_and_update();
             if limit > 0 && !idle {
@@ -416,6 +441,11 @@ impl Session {
                 let frames = batch.frames;
                 self.paced += frames;
                 self.write(batch).await?;
+                if !self.after_dependency {
+                    for kind in std::mem::take(&mut self.deferred_injections) {
+                        self.inject(kind).await?;
+                    }
+                }
                 if let Some(end) = self.fire_due_fault(frames).await? {
                     return Ok(end);
                 }
@@ -543,7 +573,8 @@ impl Session {
         batch
     }
 
-    fn push_event(&self, batch: &mut Batch, key: IdentityKey, bytes: usize) {
+    fn push_event(&mut self, batch: &mut Batch, key: IdentityKey, bytes: usize) {
+        self.after_dependency = key.role == Role::Dependency;
         batch.frames += 1;
         batch.bytes += bytes;
         if self.shared.config.record_events {
@@ -719,12 +750,15 @@ impl Session {
         };
         match fault {
             Fault::Drop | Fault::Refuse { .. } => {
+                // Recorded first: the peer may see the cut before this task runs again.
+                lock(&self.record).end = Some(ConnectionEnd::Fault(fault));
                 let _ = self.tx.send(BodyItem::Abort).await;
                 Ok(Some(ConnectionEnd::Fault(fault)))
             }
             Fault::CutMidEvent => {
                 let (id, frame) = self.next_frame_preview();
                 let half = Bytes::from(frame[..frame.len() / 2].to_vec());
+                lock(&self.record).end = Some(ConnectionEnd::CutMidEvent { id });
                 let _ = self.tx.send(BodyItem::Data(half)).await;
                 let _ = self.tx.send(BodyItem::Abort).await;
                 Ok(Some(ConnectionEnd::CutMidEvent { id }))
@@ -748,6 +782,10 @@ impl Session {
                 self.next_heartbeat = Instant::now() + self.heartbeat;
                 self.started = Instant::now();
                 self.paced = 0;
+                Ok(None)
+            }
+            Fault::Inject(kind) if self.after_dependency => {
+                self.deferred_injections.push(kind);
                 Ok(None)
             }
             Fault::Inject(kind) => {
