@@ -322,13 +322,11 @@ async fn dependencies_share_the_event_id_and_are_sent_again_after_a_reconnect() 
         deps.len() >= 3,
         "objects created before the start are sent as dependencies"
     );
-    let data: Vec<_> = |frames: &[SseFrame]| -> Vec<Vec<u8>> {
-        frames
-            .iter()
-            .filter(|f| f.is_data_event())
-            .map(|f| f.raw.clone())
-            .collect()
-    }(&first);
+    let data: Vec<Vec<u8>> = first
+        .iter()
+        .filter(|f| f.is_data_event())
+        .map(|f| f.raw.clone())
+        .collect();
     let data_again: Vec<Vec<u8>> = second
         .iter()
         .filter(|f| f.is_data_event())

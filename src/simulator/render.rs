@@ -183,13 +183,16 @@ fn ext_path(out: &mut Vec<u8>, ext: &str, field: &str) {
     out.extend_from_slice(field.as_bytes());
 }
 
+/// Writes a JSON value into a patch op.
+type ValueWriter<'a> = &'a dyn Fn(&mut Vec<u8>);
+
 /// One JSON patch op; `value` writes the value (or `None` for `remove`).
 fn op(
     out: &mut Vec<u8>,
     first: &mut bool,
     kind: &str,
     path: impl FnOnce(&mut Vec<u8>),
-    value: Option<&dyn Fn(&mut Vec<u8>)>,
+    value: Option<ValueWriter<'_>>,
 ) {
     if !*first {
         out.push(b',');
@@ -598,7 +601,7 @@ fn score(seed: u64, generation: u32) -> u64 {
 
 fn label(seed: u64, intl: bool, n: u32) -> &'static str {
     let s = derive(seed, 0x1AB + u64::from(n));
-    if intl && s % 3 == 0 {
+    if intl && s.is_multiple_of(3) {
         text::LABELS_INTL[(s % text::LABELS_INTL.len() as u64) as usize]
     } else {
         text::LABELS[((s >> 3) % text::LABELS.len() as u64) as usize]
@@ -613,7 +616,7 @@ fn indicator_id(seed: u64, generation: u32) -> StixId {
 }
 
 fn is_ip_indicator(seed: u64) -> bool {
-    seed % 3 != 0
+    !seed.is_multiple_of(3)
 }
 
 fn ipv4(seed: u64) -> String {
@@ -926,7 +929,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","description":"#);
             description_json(out, w, object, &view);
             out.extend_from_slice(br#","identity_class":"organization","sectors":["#);
-            if o.seed % 2 == 0 {
+            if o.seed.is_multiple_of(2) {
                 json_str(out, text::SECTORS[(o.seed % 5) as usize]);
             }
             out.push(b']');

@@ -406,7 +406,7 @@ impl World {
     pub fn file_spec(&self, object: u32, ordinal: u32) -> FileSpec {
         let o = &self.objects[object as usize];
         let seed = derive(o.seed, 0xF11E + u64::from(ordinal));
-        let intl = o.intl && seed % 2 == 0;
+        let intl = o.intl && seed.is_multiple_of(2);
         let pool = if intl {
             text::FILE_NAMES_INTL
         } else {
