@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
         .expect("rt");
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let client = reqwest::Client::new();
-    for (name, cache) in [("cold", 0usize), ("warm", 2usize << 30)] {
+    for (name, cache) in [("warm", 2usize << 30), ("cold", 0usize)] {
         let sim: SimulatorHandle = server_rt
             .block_on(Simulator::start(config(cache), addr))
             .expect("start");
