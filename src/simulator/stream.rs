@@ -47,7 +47,8 @@ pub struct EventMeta {
     deps_len: u32,
 }
 
-/// The frames of events `first..first + meta.len()`, rendered once.
+/// The frames of events `first..first + meta.len()`, rendered once, with each event's direct
+/// references (a connection resolves the dependencies it has not sent yet from them).
 #[derive(Debug)]
 pub struct RenderedChunk {
     pub first: u32,
@@ -72,16 +73,13 @@ pub fn render_chunk(world: &World, first: u32, end: u32) -> RenderedChunk {
     let mut offsets = Vec::with_capacity(n + 1);
     let mut meta = Vec::with_capacity(n);
     let mut deps = Vec::new();
-    let mut scratch = Vec::new();
     for e in first..end {
         offsets.push(out.len() as u32);
         let data = render::live_frame(&mut out, world, e);
         let event = world.events[e as usize];
         let deps_start = deps.len() as u32;
         if event.kind != EventKind::Delete {
-            scratch.clear();
-            world.dependencies(event.object, &mut scratch);
-            deps.extend_from_slice(&scratch);
+            deps.extend(world.direct_refs(event.object));
         }
         meta.push(EventMeta {
             id: event.id,
@@ -597,7 +595,7 @@ impl Session {
             };
             let id = EventId::new(ms, 0);
             deps.clear();
-            world.dependencies(object, &mut deps);
+            world.unsent_dependencies(object, &|o| self.is_sent(o), &mut deps);
             for &dep in &deps {
                 if batch.frames >= limit {
                     return;
@@ -674,11 +672,13 @@ impl Session {
                     i += 1;
                     continue;
                 }
-                if !self.plan.raw {
-                    for &dep in chunk.deps_of(i) {
-                        if self.is_sent(dep) {
-                            continue;
-                        }
+                if !self.plan.raw && chunk.deps_of(i).iter().any(|&r| !self.is_sent(r)) {
+                    let w = world.get_or_insert_with(|| {
+                        shared.world.read().unwrap_or_else(|p| p.into_inner())
+                    });
+                    let mut deps = Vec::new();
+                    w.unsent_dependencies(meta.object, &|o| self.is_sent(o), &mut deps);
+                    for dep in deps {
                         if batch.frames >= limit {
                             break;
                         }

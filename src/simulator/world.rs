@@ -663,15 +663,24 @@ impl World {
             && (o.deleted_event == NONE || o.deleted_event >= upto)
     }
 
-    /// Appends to `out` every object `object` references, recursively, deepest first, each once.
-    pub fn dependencies(&self, object: u32, out: &mut Vec<u32>) {
+    /// The objects `object` references directly (author, marking, relationship ends, report
+    /// contents). They never change after creation.
+    pub fn direct_refs(&self, object: u32) -> impl Iterator<Item = u32> + '_ {
         let o = &self.objects[object as usize];
-        for r in [o.created_by, o.marking]
+        [o.created_by, o.marking]
             .into_iter()
             .chain(o.links.iter().copied())
-        {
-            if r != NONE && !out.contains(&r) {
-                self.dependencies(r, out);
+            .filter(|r| *r != NONE)
+    }
+
+    /// Appends to `out` every object `object` references, recursively, deepest first, each once,
+    /// skipping those `sent` says were sent already (and so, with them, everything they
+    /// reference: a connection always sends an object's dependencies before the object).
+    pub fn unsent_dependencies(&self, object: u32, sent: &dyn Fn(u32) -> bool, out: &mut Vec<u32>) {
+        let refs: Vec<u32> = self.direct_refs(object).collect();
+        for r in refs {
+            if !sent(r) && !out.contains(&r) {
+                self.unsent_dependencies(r, sent, out);
                 if !out.contains(&r) {
                     out.push(r);
                 }
