@@ -951,4 +951,52 @@ mod tests {
             bytes / 200_000
         );
     }
+
+    /// Corpus statistics, for the documentation:
+    /// `cargo test --release --lib corpus_stats -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints statistics"]
+    fn corpus_stats() {
+        let n = 100_000u32;
+        let config = SimulatorConfig {
+            live_events: u64::from(n),
+            knowledge_base: 2_000,
+            ..SimulatorConfig::default()
+        };
+        let world = World::new(&config);
+        let mut sizes = Vec::new();
+        let mut kinds = std::collections::BTreeMap::new();
+        let (mut id_changes, mut with_files, mut non_ascii) = (0, 0, 0);
+        for first in (0..n).step_by(CHUNK as usize) {
+            let chunk = render_chunk(&world, first, (first + CHUNK).min(n));
+            for (i, meta) in chunk.meta.iter().enumerate() {
+                let frame = &chunk.bytes[chunk.offsets[i] as usize..chunk.offsets[i + 1] as usize];
+                sizes.push(frame.len());
+                *kinds.entry(meta.kind.name()).or_insert(0u32) += 1;
+                let text = String::from_utf8_lossy(frame);
+                id_changes += u32::from(text.contains(r#""op":"replace","path":"/id""#));
+                with_files += u32::from(text.contains("/storage/get/"));
+                non_ascii += u32::from(!frame.is_ascii());
+            }
+        }
+        sizes.sort_unstable();
+        let pct = |p: f64| sizes[((sizes.len() - 1) as f64 * p) as usize];
+        let mean = sizes.iter().sum::<usize>() / sizes.len();
+        println!("events {n}: {kinds:?}");
+        println!(
+            "updates changing /id {id_changes}, events with files {with_files}, non-ASCII {non_ascii}"
+        );
+        println!(
+            "frame bytes: mean {mean}, p50 {}, p90 {}, p99 {}, max {}",
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(1.0)
+        );
+        println!(
+            "objects {}, files {}",
+            world.objects.len(),
+            world.files.len()
+        );
+    }
 }
