@@ -36,7 +36,7 @@ pub struct SimulateArgs {
     /// API token clients must send; without one, streams are public.
     #[arg(long, env = "SIMULATOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Id of the live stream served at /stream/<id>.
+    /// Id of the live stream served at `/stream/{id}`.
     #[arg(long, default_value = DEFAULT_STREAM_ID)]
     pub stream_id: String,
     /// Id of a stopped stream (answers 410).

@@ -181,16 +181,27 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` (24 bytes, as JavaScript's `toISOString`) for `ms`.
 pub fn write_iso(out: &mut Vec<u8>, ms: u64) {
-    let days = (ms / 86_400_000) as i64;
+    thread_local! {
+        // Dates cluster on few days: remember the last day's `YYYY-MM-DD`.
+        static LAST_DAY: std::cell::Cell<(u64, [u8; 10])> = const { std::cell::Cell::new((u64::MAX, [0; 10])) };
+    }
+    let days = ms / 86_400_000;
     let rem = ms % 86_400_000;
-    let (year, month, day) = civil_from_days(days);
-    let year = year.clamp(0, 9999) as u64;
     let mut buf = [0u8; 24];
-    put_digits(&mut buf[0..4], year);
-    buf[4] = b'-';
-    put_digits(&mut buf[5..7], u64::from(month));
-    buf[7] = b'-';
-    put_digits(&mut buf[8..10], u64::from(day));
+    let (cached_day, cached) = LAST_DAY.get();
+    if cached_day == days {
+        buf[..10].copy_from_slice(&cached);
+    } else {
+        let (year, month, day) = civil_from_days(days as i64);
+        put_digits(&mut buf[0..4], year.clamp(0, 9999) as u64);
+        buf[4] = b'-';
+        put_digits(&mut buf[5..7], u64::from(month));
+        buf[7] = b'-';
+        put_digits(&mut buf[8..10], u64::from(day));
+        let mut date = [0u8; 10];
+        date.copy_from_slice(&buf[..10]);
+        LAST_DAY.set((days, date));
+    }
     buf[10] = b'T';
     put_digits(&mut buf[11..13], rem / 3_600_000);
     buf[13] = b':';

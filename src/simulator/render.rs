@@ -183,13 +183,16 @@ fn ext_path(out: &mut Vec<u8>, ext: &str, field: &str) {
     out.extend_from_slice(field.as_bytes());
 }
 
+/// Writes a JSON value into a patch op.
+type ValueWriter<'a> = &'a dyn Fn(&mut Vec<u8>);
+
 /// One JSON patch op; `value` writes the value (or `None` for `remove`).
 fn op(
     out: &mut Vec<u8>,
     first: &mut bool,
     kind: &str,
     path: impl FnOnce(&mut Vec<u8>),
-    value: Option<&dyn Fn(&mut Vec<u8>)>,
+    value: Option<ValueWriter<'_>>,
 ) {
     if !*first {
         out.push(b',');
@@ -571,7 +574,7 @@ fn merge_source(out: &mut Vec<u8>, ty: StixType, seed: u64, i: u8, ms: u64) {
     out.extend_from_slice(br#","revoked":false,"confidence":75,"lang":"en","name":"#);
     json_str(out, &source_name(ty, seed, i));
     out.extend_from_slice(br#","description":"#);
-    json_str(out, &text::description(s, false));
+    text::description_json(out, s, false);
     if ty == StixType::Malware {
         out.extend_from_slice(br#","malware_types":["trojan"],"is_family":true"#);
     }
@@ -598,7 +601,7 @@ fn score(seed: u64, generation: u32) -> u64 {
 
 fn label(seed: u64, intl: bool, n: u32) -> &'static str {
     let s = derive(seed, 0x1AB + u64::from(n));
-    if intl && s % 3 == 0 {
+    if intl && s.is_multiple_of(3) {
         text::LABELS_INTL[(s % text::LABELS_INTL.len() as u64) as usize]
     } else {
         text::LABELS[((s >> 3) % text::LABELS.len() as u64) as usize]
@@ -613,7 +616,7 @@ fn indicator_id(seed: u64, generation: u32) -> StixId {
 }
 
 fn is_ip_indicator(seed: u64) -> bool {
-    seed % 3 != 0
+    !seed.is_multiple_of(3)
 }
 
 fn ipv4(seed: u64) -> String {
@@ -698,6 +701,11 @@ pub fn name(w: &World, object: u32, upto: u32) -> String {
 fn description(w: &World, object: u32, view: &View) -> String {
     let o = &w.objects[object as usize];
     text::description(derive(o.seed, 0xDE5C + u64::from(view.rev)), o.intl)
+}
+
+fn description_json(out: &mut Vec<u8>, w: &World, object: u32, view: &View) {
+    let o = &w.objects[object as usize];
+    text::description_json(out, derive(o.seed, 0xDE5C + u64::from(view.rev)), o.intl);
 }
 
 fn aliases(ty: StixType, view: &View) -> Vec<String> {
@@ -842,7 +850,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
         out.extend_from_slice(br#"":{"extension_type":"property-extension","score":"#);
         num(out, score(o.seed, view.score_gen));
         out.extend_from_slice(br#","description":"#);
-        json_str(out, &description(w, object, &view));
+        description_json(out, w, object, &view);
         out.push(b'}');
     }
     out.push(b'}');
@@ -914,15 +922,14 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
         }
         out.push(b']');
     }
-    let desc = || description(w, object, &view);
     match o.ty {
         StixType::Identity => {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","identity_class":"organization","sectors":["#);
-            if o.seed % 2 == 0 {
+            if o.seed.is_multiple_of(2) {
                 json_str(out, text::SECTORS[(o.seed % 5) as usize]);
             }
             out.push(b']');
@@ -931,7 +938,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","malware_types":["trojan"],"is_family":true,"aliases":"#);
             let names = aliases(o.ty, &view);
             string_list(out, &names.iter().map(String::as_str).collect::<Vec<_>>());
@@ -941,7 +948,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &indicator_value(o.seed, generation));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","indicator_types":["malicious-activity"],"pattern":"#);
             json_str(out, &pattern(o.seed, generation));
             out.extend_from_slice(br#","pattern_type":"stix","valid_from":"#);
@@ -953,7 +960,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
         }
         StixType::AttackPattern => {
             let (mitre_id, _) =
@@ -961,7 +968,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","aliases":"#);
             let names = aliases(o.ty, &view);
             string_list(out, &names.iter().map(String::as_str).collect::<Vec<_>>());
@@ -972,7 +979,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","name":"#);
             json_str(out, &name(w, object, upto));
             out.extend_from_slice(br#","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","report_types":["threat-report"],"published":"#);
             iso_str(out, o.created_ms - o.created_ms % 86_400_000);
             out.extend_from_slice(br#","object_refs":["#);
@@ -990,7 +997,7 @@ pub fn stix(out: &mut Vec<u8>, w: &World, object: u32, upto: u32) -> StixId {
             out.extend_from_slice(br#","relationship_type":""#);
             out.extend_from_slice(relationship_type(w, object).as_bytes());
             out.extend_from_slice(br#"","description":"#);
-            json_str(out, &desc());
+            description_json(out, w, object, &view);
             out.extend_from_slice(br#","source_ref":""#);
             w.stix_id(o.links[0], upto).write(out);
             out.extend_from_slice(br#"","target_ref":""#);

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::config::RecoverWithoutStart;
+use super::cut::{CutSignal, CuttableIo};
 use super::faults::FailStatus;
 use super::ids::{EventId, parse_position};
 use super::model::{EventKind, IdentityKey, Role};
@@ -122,13 +123,16 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         let shared = shared.clone();
         connections.spawn(async move {
             let service_shared = shared.clone();
+            let signal = Arc::new(CutSignal::default());
+            let io = CuttableIo::new(socket, signal.clone());
             let service = service_fn(move |request| {
                 let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(route(shared, request).await) }
+                let signal = signal.clone();
+                async move { Ok::<_, Infallible>(route(shared, request, signal).await) }
             });
             let connection = http1::Builder::new()
                 .writev(true)
-                .serve_connection(TokioIo::new(socket), service);
+                .serve_connection(TokioIo::new(io), service);
             tokio::select! {
                 _ = connection => {}
                 () = shared.shutdown.cancelled() => {}
@@ -138,10 +142,10 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     connections.shutdown().await;
 }
 
-async fn route(shared: Arc<Shared>, request: Request<Incoming>) -> Reply {
+async fn route(shared: Arc<Shared>, request: Request<Incoming>, signal: Arc<CutSignal>) -> Reply {
     let path = request.uri().path().to_owned();
     if path == "/stream" || path == "/stream/" {
-        return stream_route(shared, &request, None).await;
+        return stream_route(shared, &request, None, signal).await;
     }
     if let Some(id) = path.strip_prefix("/stream/") {
         if request.method() == Method::POST && id.starts_with("connection/") {
@@ -153,7 +157,7 @@ async fn route(shared: Arc<Shared>, request: Request<Incoming>) -> Reply {
             );
         }
         let id = id.trim_end_matches('/').to_owned();
-        return stream_route(shared, &request, Some(id)).await;
+        return stream_route(shared, &request, Some(id), signal).await;
     }
     if let Some(file) = path.strip_prefix("/storage/get/") {
         return storage_route(&shared, &request, file);
@@ -227,6 +231,7 @@ async fn stream_route<B>(
     shared: Arc<Shared>,
     request: &Request<B>,
     stream_id: Option<String>,
+    signal: Arc<CutSignal>,
 ) -> Reply {
     let info = request_info(request);
     let number = shared.counters.next_connection();
@@ -365,7 +370,7 @@ async fn stream_route<B>(
         no_recover,
         error,
     };
-    let body = stream::start(shared.clone(), record, plan);
+    let body = stream::start(shared.clone(), record, plan, signal);
     let mut response = Response::new(SimBody::Sse(body));
     let headers = response.headers_mut();
     headers.insert(

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::cut::CutSignal;
 use super::faults::{Fault, InjectedEvent};
 use super::ids::{EventId, write_iso};
 use super::model::{EventKind, IdentityKey, Role, StixId, StixType};
@@ -46,7 +47,8 @@ pub struct EventMeta {
     deps_len: u32,
 }
 
-/// The frames of events `first..first + meta.len()`, rendered once.
+/// The frames of events `first..first + meta.len()`, rendered once, with each event's direct
+/// references (a connection resolves the dependencies it has not sent yet from them).
 #[derive(Debug)]
 pub struct RenderedChunk {
     pub first: u32,
@@ -71,16 +73,13 @@ pub fn render_chunk(world: &World, first: u32, end: u32) -> RenderedChunk {
     let mut offsets = Vec::with_capacity(n + 1);
     let mut meta = Vec::with_capacity(n);
     let mut deps = Vec::new();
-    let mut scratch = Vec::new();
     for e in first..end {
         offsets.push(out.len() as u32);
         let data = render::live_frame(&mut out, world, e);
         let event = world.events[e as usize];
         let deps_start = deps.len() as u32;
         if event.kind != EventKind::Delete {
-            scratch.clear();
-            world.dependencies(event.object, &mut scratch);
-            deps.extend_from_slice(&scratch);
+            deps.extend(world.direct_refs(event.object));
         }
         meta.push(EventMeta {
             id: event.id,
@@ -141,6 +140,39 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Renders every full chunk of the log into the cache (until the budget is used), on two
+    /// threads. Blocking.
+    pub(crate) fn prerender(&self) {
+        let world = self.world.read().unwrap_or_else(|p| p.into_inner());
+        let full = world.events.len() as u32 / CHUNK;
+        let budget = self.config.frame_cache_bytes;
+        let next = std::sync::atomic::AtomicU32::new(0);
+        let used = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    loop {
+                        let number = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if number >= full
+                            || used.load(std::sync::atomic::Ordering::Relaxed) >= budget
+                        {
+                            break;
+                        }
+                        let chunk =
+                            Arc::new(render_chunk(&world, number * CHUNK, (number + 1) * CHUNK));
+                        used.fetch_add(chunk.bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                        let mut cache = lock(&self.cache);
+                        cache.bytes += chunk.bytes.len();
+                        cache.chunks.insert(number, chunk);
+                        cache.order.push_back(number);
+                    }
+                });
+            }
+        });
+    }
+}
+
 /// An item of the response body.
 pub enum BodyItem {
     Data(Bytes),
@@ -151,6 +183,8 @@ pub enum BodyItem {
 /// The body of an SSE response: whatever the producer task sends.
 pub struct SseBody {
     rx: mpsc::Receiver<BodyItem>,
+    signal: Arc<CutSignal>,
+    cut: bool,
 }
 
 impl Body for SseBody {
@@ -161,12 +195,17 @@ impl Body for SseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.cut {
+            // Never end: the socket is shut down under hyper once its buffer is flushed.
+            return Poll::Pending;
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(BodyItem::Data(bytes))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-            Poll::Ready(Some(BodyItem::Abort)) => Poll::Ready(Some(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "fault: connection aborted",
-            )))),
+            Poll::Ready(Some(BodyItem::Abort)) => {
+                self.cut = true;
+                self.signal.request();
+                Poll::Pending
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -199,6 +238,7 @@ pub fn start(
     shared: Arc<Shared>,
     record: Arc<Mutex<ConnectionRecord>>,
     plan: SessionPlan,
+    signal: Arc<CutSignal>,
 ) -> SseBody {
     let (tx, rx) = mpsc::channel(BODY_DEPTH);
     let start_position = {
@@ -229,10 +269,17 @@ pub fn start(
         written: 0,
         started: Instant::now(),
         paced: 0,
+        current: None,
+        after_dependency: false,
+        deferred_injections: Vec::new(),
         plan,
     };
     tokio::spawn(session.run());
-    SseBody { rx }
+    SseBody {
+        rx,
+        signal,
+        cut: false,
+    }
 }
 
 struct Session {
@@ -253,6 +300,13 @@ struct Session {
     next_heartbeat: Instant,
     started: Instant,
     paced: u64,
+    /// The chunk being read.
+    current: Option<Arc<RenderedChunk>>,
+    /// The last data frame written was a dependency (its event has not been written yet).
+    after_dependency: bool,
+    /// An injection that fired between dependencies and their event: written after the event,
+    /// so an injected event never sits inside such a group with an older id.
+    deferred_injections: Vec<InjectedEvent>,
 }
 
 /// Bytes and served events gathered before one write.
@@ -372,7 +426,12 @@ impl Session {
             }
             let budget = self.shared.faults.budget().unwrap_or(u64::MAX);
             let allowance = self.pace_allowance();
-            let limit = budget.min(allowance);
+            // Deferred injections go out right after the event their dependencies belong to.
+            let limit = if self.deferred_injections.is_empty() {
+                budget.min(allowance)
+            } else {
+                budget.min(allowance).min(1)
+            };
             let idle = self.recovery_index >= self.plan.recovery.len()
                 && u64::from(self.position) >= *log_len.borrow_and_update();
             if limit > 0 && !idle {
@@ -380,6 +439,11 @@ impl Session {
                 let frames = batch.frames;
                 self.paced += frames;
                 self.write(batch).await?;
+                if !self.after_dependency {
+                    for kind in std::mem::take(&mut self.deferred_injections) {
+                        self.inject(kind).await?;
+                    }
+                }
                 if let Some(end) = self.fire_due_fault(frames).await? {
                     return Ok(end);
                 }
@@ -507,7 +571,8 @@ impl Session {
         batch
     }
 
-    fn push_event(&self, batch: &mut Batch, key: IdentityKey, bytes: usize) {
+    fn push_event(&mut self, batch: &mut Batch, key: IdentityKey, bytes: usize) {
+        self.after_dependency = key.role == Role::Dependency;
         batch.frames += 1;
         batch.bytes += bytes;
         if self.shared.config.record_events {
@@ -530,7 +595,7 @@ impl Session {
             };
             let id = EventId::new(ms, 0);
             deps.clear();
-            world.dependencies(object, &mut deps);
+            world.unsent_dependencies(object, &|o| self.is_sent(o), &mut deps);
             for &dep in &deps {
                 if batch.frames >= limit {
                     return;
@@ -574,11 +639,25 @@ impl Session {
         }
     }
 
+    /// The chunk holding live event `position`: the one this connection is reading if it
+    /// covers it (so a chunk is rendered at most once per connection even without a cache).
+    fn chunk_at(&mut self, position: u32) -> Arc<RenderedChunk> {
+        if let Some(chunk) = &self.current {
+            let end = chunk.first + chunk.meta.len() as u32;
+            if chunk.first <= position && position < end {
+                return chunk.clone();
+            }
+        }
+        let chunk = self.shared.chunk(position);
+        self.current = Some(chunk.clone());
+        chunk
+    }
+
     fn fill_live(&mut self, batch: &mut Batch, limit: u64) {
         let shared = self.shared.clone();
         let len = *shared.log_len.borrow() as u32;
         while batch.frames < limit && batch.bytes < BATCH_BYTES && self.position < len {
-            let chunk = shared.chunk(self.position);
+            let chunk = self.chunk_at(self.position);
             // Taken only when a dependency must be rendered, and released before the next
             // chunk is fetched (which may take the lock again).
             let mut world = None;
@@ -593,11 +672,13 @@ impl Session {
                     i += 1;
                     continue;
                 }
-                if !self.plan.raw {
-                    for &dep in chunk.deps_of(i) {
-                        if self.is_sent(dep) {
-                            continue;
-                        }
+                if !self.plan.raw && chunk.deps_of(i).iter().any(|&r| !self.is_sent(r)) {
+                    let w = world.get_or_insert_with(|| {
+                        shared.world.read().unwrap_or_else(|p| p.into_inner())
+                    });
+                    let mut deps = Vec::new();
+                    w.unsent_dependencies(meta.object, &|o| self.is_sent(o), &mut deps);
+                    for dep in deps {
                         if batch.frames >= limit {
                             break;
                         }
@@ -669,12 +750,15 @@ impl Session {
         };
         match fault {
             Fault::Drop | Fault::Refuse { .. } => {
+                // Recorded first: the peer may see the cut before this task runs again.
+                lock(&self.record).end = Some(ConnectionEnd::Fault(fault));
                 let _ = self.tx.send(BodyItem::Abort).await;
                 Ok(Some(ConnectionEnd::Fault(fault)))
             }
             Fault::CutMidEvent => {
                 let (id, frame) = self.next_frame_preview();
                 let half = Bytes::from(frame[..frame.len() / 2].to_vec());
+                lock(&self.record).end = Some(ConnectionEnd::CutMidEvent { id });
                 let _ = self.tx.send(BodyItem::Data(half)).await;
                 let _ = self.tx.send(BodyItem::Abort).await;
                 Ok(Some(ConnectionEnd::CutMidEvent { id }))
@@ -700,6 +784,10 @@ impl Session {
                 self.paced = 0;
                 Ok(None)
             }
+            Fault::Inject(kind) if self.after_dependency => {
+                self.deferred_injections.push(kind);
+                Ok(None)
+            }
             Fault::Inject(kind) => {
                 self.inject(kind).await?;
                 Ok(None)
@@ -717,7 +805,15 @@ impl Session {
             return (id, out);
         }
         if self.position < *self.shared.log_len.borrow() as u32 {
-            let chunk = self.shared.chunk(self.position);
+            let chunk = match &self.current {
+                Some(c)
+                    if c.first <= self.position
+                        && self.position < c.first + c.meta.len() as u32 =>
+                {
+                    c.clone()
+                }
+                _ => self.shared.chunk(self.position),
+            };
             let i = (self.position - chunk.first) as usize;
             let (a, b) = (chunk.offsets[i] as usize, chunk.offsets[i + 1] as usize);
             return (chunk.meta[i].id, chunk.bytes[a..b].to_vec());
@@ -820,5 +916,87 @@ impl Session {
         if !self.shared.config.record_events {
             lock(&self.record).events.append(&mut batch.events);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::SimulatorConfig;
+
+    /// Rendering speed, for tuning: `cargo test --release --lib render_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints a measurement"]
+    fn render_speed() {
+        let config = SimulatorConfig {
+            live_events: 200_000,
+            knowledge_base: 2_000,
+            ..SimulatorConfig::default()
+        };
+        let started = Instant::now();
+        let world = World::new(&config);
+        println!("generate: {:?}", started.elapsed());
+        let started = Instant::now();
+        let mut bytes = 0;
+        for first in (0..200_000).step_by(CHUNK as usize) {
+            bytes += render_chunk(&world, first, (first + CHUNK).min(200_000))
+                .bytes
+                .len();
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "render: {:?} = {:.2} us/event, {} bytes/event",
+            elapsed,
+            elapsed.as_secs_f64() * 1e6 / 200_000.0,
+            bytes / 200_000
+        );
+    }
+
+    /// Corpus statistics, for the documentation:
+    /// `cargo test --release --lib corpus_stats -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "prints statistics"]
+    fn corpus_stats() {
+        let n = 100_000u32;
+        let config = SimulatorConfig {
+            live_events: u64::from(n),
+            knowledge_base: 2_000,
+            ..SimulatorConfig::default()
+        };
+        let world = World::new(&config);
+        let mut sizes = Vec::new();
+        let mut kinds = std::collections::BTreeMap::new();
+        let (mut id_changes, mut with_files, mut non_ascii) = (0, 0, 0);
+        for first in (0..n).step_by(CHUNK as usize) {
+            let chunk = render_chunk(&world, first, (first + CHUNK).min(n));
+            for (i, meta) in chunk.meta.iter().enumerate() {
+                let frame = &chunk.bytes[chunk.offsets[i] as usize..chunk.offsets[i + 1] as usize];
+                sizes.push(frame.len());
+                *kinds.entry(meta.kind.name()).or_insert(0u32) += 1;
+                let text = String::from_utf8_lossy(frame);
+                id_changes += u32::from(text.contains(r#""op":"replace","path":"/id""#));
+                with_files += u32::from(text.contains("/storage/get/"));
+                non_ascii += u32::from(!frame.is_ascii());
+            }
+        }
+        sizes.sort_unstable();
+        let pct = |p: f64| sizes[((sizes.len() - 1) as f64 * p) as usize];
+        let mean = sizes.iter().sum::<usize>() / sizes.len();
+        println!("events {n}: {kinds:?}");
+        println!(
+            "updates changing /id {id_changes}, events with files {with_files}, non-ASCII {non_ascii}"
+        );
+        println!(
+            "frame bytes: mean {mean}, p50 {}, p90 {}, p99 {}, max {}",
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(1.0)
+        );
+        println!(
+            "objects {}, files {}",
+            world.objects.len(),
+            world.files.len()
+        );
     }
 }

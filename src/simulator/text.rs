@@ -1,7 +1,23 @@
 //! Word pools for names, descriptions and labels. A share of objects uses the non-ASCII pools
 //! (accents, CJK, emoji) so every consumer is exercised on multi-byte UTF-8.
 
+use std::sync::LazyLock;
+
 use super::rng::{SplitMix, derive};
+use super::write::json_str_body;
+
+fn escaped(pool: &[&str]) -> Vec<Vec<u8>> {
+    pool.iter()
+        .map(|s| {
+            let mut out = Vec::with_capacity(s.len() + 4);
+            json_str_body(&mut out, s);
+            out
+        })
+        .collect()
+}
+
+static SENTENCES_ESCAPED: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| escaped(SENTENCES));
+static SENTENCES_INTL_ESCAPED: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| escaped(SENTENCES_INTL));
 
 pub const ORGANIZATIONS: &[&str] = &[
     "ACME CERT",
@@ -168,25 +184,38 @@ pub fn choose<'a>(seed: u64, intl: bool, plain: &[&'a str], intl_pool: &[&'a str
 
 /// A description of a few sentences (60–1,200 bytes, a long tail), stable for `seed`.
 pub fn description(seed: u64, intl: bool) -> String {
+    let mut out = Vec::new();
+    description_json(&mut out, seed, intl);
+    let text: String = serde_json::from_slice(&out).unwrap_or_default();
+    text
+}
+
+/// Appends [`description`] as a quoted JSON string, from pre-escaped sentences (no escaping
+/// pass: this is on the hot path of rendering).
+pub fn description_json(out: &mut Vec<u8>, seed: u64, intl: bool) {
     let mut rng = SplitMix::new(seed);
-    let count = match rng.below(100) {
+    let count = sentence_count(&mut rng);
+    out.push(b'"');
+    for i in 0..count {
+        if i > 0 {
+            out.push(b' ');
+        }
+        let intl_sentence = intl && rng.chance(0.6);
+        let pool = if intl_sentence {
+            &*SENTENCES_INTL_ESCAPED
+        } else {
+            &*SENTENCES_ESCAPED
+        };
+        out.extend_from_slice(&pool[rng.pick(pool.len())]);
+    }
+    out.push(b'"');
+}
+
+fn sentence_count(rng: &mut SplitMix) -> u64 {
+    match rng.below(100) {
         0..=19 => 1,
         20..=59 => 2 + rng.below(3),
         60..=94 => 4 + rng.below(4),
         _ => 8 + rng.below(8),
-    };
-    let mut text = String::with_capacity(count as usize * 110);
-    for i in 0..count {
-        if i > 0 {
-            text.push(' ');
-        }
-        let intl_sentence = intl && rng.chance(0.6);
-        let pool = if intl_sentence {
-            SENTENCES_INTL
-        } else {
-            SENTENCES
-        };
-        text.push_str(pool[rng.pick(pool.len())]);
     }
-    text
 }

@@ -57,6 +57,8 @@ pub struct Object {
     pub ty: StixType,
     pub seed: u64,
     pub internal: u128,
+    /// The UUID of the STIX id (for an indicator: before any pattern change).
+    pub stix_uuid: u128,
     pub created_ms: u64,
     /// `updated_at` before any live version.
     pub first_updated_ms: u64,
@@ -193,6 +195,7 @@ impl World {
                 ty: StixType::MarkingDefinition,
                 seed,
                 internal: uuid_v4(seed),
+                stix_uuid: TLP_MARKINGS[i].0,
                 created_ms: marking_ms,
                 first_updated_ms: marking_ms,
                 created_event: NONE,
@@ -371,6 +374,11 @@ impl World {
             ty,
             seed,
             internal: uuid_v4(derive(seed, 1)),
+            stix_uuid: if ty == StixType::Indicator {
+                uuid_v5(derive(seed, 0x1D00))
+            } else {
+                uuid_v5(seed)
+            },
             created_ms,
             first_updated_ms: updated_ms,
             created_event: event,
@@ -398,7 +406,7 @@ impl World {
     pub fn file_spec(&self, object: u32, ordinal: u32) -> FileSpec {
         let o = &self.objects[object as usize];
         let seed = derive(o.seed, 0xF11E + u64::from(ordinal));
-        let intl = o.intl && seed % 2 == 0;
+        let intl = o.intl && seed.is_multiple_of(2);
         let pool = if intl {
             text::FILE_NAMES_INTL
         } else {
@@ -628,15 +636,11 @@ impl World {
     pub fn stix_id(&self, object: u32, upto: u32) -> StixId {
         let o = &self.objects[object as usize];
         let uuid = match o.ty {
-            StixType::MarkingDefinition => {
-                let i = (object as usize).min(TLP_MARKINGS.len() - 1);
-                TLP_MARKINGS[i].0
-            }
-            StixType::Indicator => uuid_v5(derive(
-                o.seed,
-                0x1D00 + u64::from(self.pattern_gen(object, upto)),
-            )),
-            _ => uuid_v5(o.seed),
+            StixType::Indicator if !o.versions.is_empty() => match self.pattern_gen(object, upto) {
+                0 => o.stix_uuid,
+                generation => uuid_v5(derive(o.seed, 0x1D00 + u64::from(generation))),
+            },
+            _ => o.stix_uuid,
         };
         StixId { ty: o.ty, uuid }
     }
@@ -659,15 +663,24 @@ impl World {
             && (o.deleted_event == NONE || o.deleted_event >= upto)
     }
 
-    /// Appends to `out` every object `object` references, recursively, deepest first, each once.
-    pub fn dependencies(&self, object: u32, out: &mut Vec<u32>) {
+    /// The objects `object` references directly (author, marking, relationship ends, report
+    /// contents). They never change after creation.
+    pub fn direct_refs(&self, object: u32) -> impl Iterator<Item = u32> + '_ {
         let o = &self.objects[object as usize];
-        for r in [o.created_by, o.marking]
+        [o.created_by, o.marking]
             .into_iter()
             .chain(o.links.iter().copied())
-        {
-            if r != NONE && !out.contains(&r) {
-                self.dependencies(r, out);
+            .filter(|r| *r != NONE)
+    }
+
+    /// Appends to `out` every object `object` references, recursively, deepest first, each once,
+    /// skipping those `sent` says were sent already (and so, with them, everything they
+    /// reference: a connection always sends an object's dependencies before the object).
+    pub fn unsent_dependencies(&self, object: u32, sent: &dyn Fn(u32) -> bool, out: &mut Vec<u32>) {
+        let refs: Vec<u32> = self.direct_refs(object).collect();
+        for r in refs {
+            if !sent(r) && !out.contains(&r) {
+                self.unsent_dependencies(r, sent, out);
                 if !out.contains(&r) {
                     out.push(r);
                 }

@@ -57,19 +57,17 @@ pub fn num(out: &mut Vec<u8>, mut value: u64) {
 /// Appends a UUID in its canonical 8-4-4-4-12 lower-case form (no quotes).
 pub fn uuid(out: &mut Vec<u8>, value: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = value.to_be_bytes();
     let mut buf = [0u8; 36];
-    let mut shift = 128;
     let mut pos = 0;
-    for group in [8, 4, 4, 4, 12] {
-        if pos > 0 {
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
             buf[pos] = b'-';
             pos += 1;
         }
-        for _ in 0..group {
-            shift -= 4;
-            buf[pos] = HEX[((value >> shift) & 0xF) as usize];
-            pos += 1;
-        }
+        buf[pos] = HEX[usize::from(byte >> 4)];
+        buf[pos + 1] = HEX[usize::from(byte & 0xF)];
+        pos += 2;
     }
     out.extend_from_slice(&buf);
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use opencti_stream_exporter::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every wait in these tests ends by this deadline.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -36,6 +37,8 @@ pub struct SseFrame {
     pub id: Option<String>,
     pub event: Option<String>,
     pub data: Vec<u8>,
+    /// `origin.referer` of a data event's payload (parsed once).
+    pub referer: Option<String>,
     /// The exact bytes of the frame, blank line included.
     pub raw: Vec<u8>,
 }
@@ -51,10 +54,7 @@ impl SseFrame {
         )
     }
     pub fn referer(&self) -> Option<String> {
-        self.json()
-            .pointer("/origin/referer")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
+        self.referer.clone()
     }
     /// The line the stock exporter would write: payload + `id` + `type` (files not fetched).
     pub fn exported_line(&self) -> Vec<u8> {
@@ -184,6 +184,7 @@ fn parse_frame(raw: Vec<u8>) -> SseFrame {
         id: None,
         event: None,
         data: Vec::new(),
+        referer: None,
         raw: raw.clone(),
     };
     for line in raw[..raw.len() - 2].split(|b| *b == b'\n') {
@@ -197,6 +198,15 @@ fn parse_frame(raw: Vec<u8>) -> SseFrame {
             panic!("unexpected SSE line {:?}", String::from_utf8_lossy(line));
         }
     }
+    if frame.is_data_event() {
+        frame.referer = serde_json::from_slice::<serde_json::Value>(&frame.data)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/origin/referer")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned)
+            });
+    }
     frame
 }
 
@@ -207,4 +217,36 @@ pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Sends a GET with raw HTTP/1.1 and returns (status line, headers, body) of a non-streaming
+/// answer, so the exact reason phrase is visible.
+pub async fn raw_get(
+    addr: std::net::SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (String, String, Vec<u8>) {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, socket.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    (
+        status.to_owned(),
+        headers.to_lowercase(),
+        answer[split + 4..].to_vec(),
+    )
 }
