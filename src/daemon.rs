@@ -146,7 +146,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         start_timestamp_ms: config.connector.live_stream.start_timestamp_ms,
         recover_iso_date: config.connector.live_stream.recover_iso_date.clone(),
     };
-    if seed_first_start(&wal, &first, crate::pipeline::committer::now_ms())
+    if seed_first_start(&wal, &first, crate::ids::now_ms())
         .context("recording the first-start position in the WAL")?
     {
         let state = wal.state();

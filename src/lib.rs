@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod ids;
 pub mod logging;
 pub mod pipeline;
 pub mod readback;

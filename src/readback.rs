@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 
+use crate::ids::EventId;
 use crate::sink::{Sink, SinkError, file_number};
 
 /// A problem found while reading back.
@@ -66,7 +67,7 @@ pub async fn read_back(
     let mut report = ReadbackReport::default();
     let mut expected = first_expected;
     let mut last_ts: Option<u64> = None;
-    let mut last_id: Option<(u64, u64)> = None;
+    let mut last_id: Option<EventId> = None;
     let objects = sink.list(prefix).await?;
     for object in objects {
         let key = object.key.as_str();
@@ -127,7 +128,7 @@ fn read_lines(
     plain: &[u8],
     key: &str,
     report: &mut ReadbackReport,
-    last_id: &mut Option<(u64, u64)>,
+    last_id: &mut Option<EventId>,
     on_line: &mut impl FnMut(&[u8]),
 ) {
     for (index, line) in plain.split(|b| *b == b'\n').enumerate() {
@@ -161,7 +162,7 @@ fn read_lines(
         match object
             .get("id")
             .and_then(|id| id.as_str())
-            .and_then(parse_id)
+            .and_then(EventId::parse)
         {
             Some(id) => {
                 if last_id.is_some_and(|last| id < last) {
@@ -172,12 +173,6 @@ fn read_lines(
             None => report.problem(key, Some(index + 1), "lacks a `<ms>-<seq>` id"),
         }
     }
-}
-
-/// `(ms, seq)` of a `<ms>-<seq>` id.
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The timestamp of `…/stream_<ts>_<n>.json`.

@@ -5,8 +5,7 @@
 use serde::{Deserialize, Serialize};
 use wal::{RecoverUntil, Wal};
 
-use crate::config::parse::format_iso_seconds;
-use crate::pipeline::committer::id_millis;
+use crate::ids::{EventId, iso};
 
 /// A snapshot of the exporter's durable state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,8 +68,8 @@ impl StatusReport {
             cursor_time: state
                 .cursor
                 .as_deref()
-                .and_then(id_millis)
-                .map(|ms| format_iso_seconds(ms as i64)),
+                .and_then(EventId::parse)
+                .map(|id| iso(id.ms)),
             cursor: state.cursor,
             recover_until: match state.recover_until {
                 RecoverUntil::Unset => None,
@@ -87,7 +86,7 @@ impl StatusReport {
             last_upload: state.last_upload.map(|upload| LastUpload {
                 file_number: upload.number,
                 ts_ms: upload.ts_ms,
-                at: format_iso_seconds(upload.uploaded_at_ms as i64),
+                at: iso(upload.uploaded_at_ms),
                 at_ms: upload.uploaded_at_ms,
             }),
             disk_used_bytes: usage.used(),

@@ -13,13 +13,14 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
+use crate::ids::EventId;
 use crate::pipeline::compactor::CompactorSettings;
 use crate::pipeline::uploader::UploaderSettings;
 use crate::pipeline::{
     DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, seed_first_start,
 };
 use crate::readback::read_back;
-use crate::simulator::{DEFAULT_STREAM_ID, EventId, Simulator, SimulatorConfig};
+use crate::simulator::{DEFAULT_STREAM_ID, Simulator, SimulatorConfig};
 use crate::sink::{Compression, DirSink};
 use crate::status::human_bytes;
 use crate::stream::StreamSettings;
@@ -64,10 +65,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     };
     let first = FirstStart {
         start_timestamp_ms: None,
-        recover_iso_date: Some(crate::simulator::iso(first_live.ms.saturating_sub(1))),
+        recover_iso_date: Some(crate::ids::iso(first_live.ms.saturating_sub(1))),
     };
     let wal = crate::daemon::open_wal(&wal_dir, 4 << 30)?;
-    seed_first_start(&wal, &first, crate::pipeline::committer::now_ms())
+    seed_first_start(&wal, &first, crate::ids::now_ms())
         .context("recording the first-start position")?;
     let base = reqwest::Url::parse(&simulator.url()).context("simulator URL")?;
     let mut stream = StreamSettings::new(base.clone(), token, Some(DEFAULT_STREAM_ID.to_string()));

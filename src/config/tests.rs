@@ -165,9 +165,12 @@ fn export_dir_replaces_the_minio_settings() {
     assert_eq!(config.output.folder, "");
 }
 
+/// Environment, the variable the error must name, and a phrase of the problem.
+type ErrorCase = (Vec<(&'static str, &'static str)>, &'static str, &'static str);
+
 #[test]
 fn errors_name_the_variable_and_the_problem() {
-    let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (without("OPENCTI_URL"), "OPENCTI_URL", "is required"),
         (without("MINIO_BUCKET"), "MINIO_BUCKET", "is required"),
         (

@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -35,6 +34,7 @@ use super::PipelineError;
 use super::budget::Budget;
 use super::cursor::{CursorTracker, Observed};
 use super::dead_letter::{DeadEvent, DeadLetterFile};
+use crate::ids::{EventId, now_ms};
 use crate::stream::{Action, ResumePosition, StreamItem};
 
 /// Largest group the committer packs (raw bytes of its lines). One event bigger than this is a
@@ -75,11 +75,6 @@ fn action_index(action: Action) -> usize {
         Action::Delete => 2,
         Action::Merge => 3,
     }
-}
-
-/// The milliseconds part of a `<ms>-<seq>` id.
-pub fn id_millis(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
 }
 
 /// A group being packed.
@@ -340,7 +335,12 @@ impl Committer {
             counter.fetch_add(count, Ordering::Relaxed);
         }
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
-        if let Some(ms) = done.cursor.as_deref().and_then(id_millis) {
+        if let Some(ms) = done
+            .cursor
+            .as_deref()
+            .and_then(EventId::parse)
+            .map(|id| id.ms)
+        {
             self.stats.cursor_ms.store(ms, Ordering::Relaxed);
         }
         if self.wal.backlog().raw_bytes >= self.backlog_threshold {
@@ -348,12 +348,4 @@ impl Committer {
         }
         Ok(())
     }
-}
-
-/// Wall-clock milliseconds since the epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

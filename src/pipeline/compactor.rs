@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
-use super::committer::now_ms;
 use crate::backoff::Backoff;
+use crate::ids::now_ms;
 
 /// Counters of the compactor.
 #[derive(Debug, Default)]

@@ -22,7 +22,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wal::{InitialState, RecoverUntil, Wal, WalError};
 
-use crate::config::parse::format_iso_seconds;
 use crate::sink::Sink;
 use crate::stream::{StreamError, StreamSettings, StreamStats};
 use budget::Budget;
@@ -80,7 +79,7 @@ pub fn seed_first_start(wal: &Wal, first: &FirstStart, now_ms: u64) -> Result<bo
     let recover = first
         .recover_iso_date
         .clone()
-        .unwrap_or_else(|| format_iso_seconds(now_ms as i64));
+        .unwrap_or_else(|| crate::ids::iso(now_ms));
     wal.initialize(InitialState {
         cursor: Some(cursor),
         recover_until: RecoverUntil::Date(recover),

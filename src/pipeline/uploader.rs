@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use wal::{SegmentMeta, Wal, WalError};
 
 use super::budget::Budget;
-use super::committer::now_ms;
 use super::compactor::sleep_or_cancel;
 use crate::backoff::Backoff;
+use crate::ids::now_ms;
 use crate::sink::{BodySource, Compression, Sink, SinkError, SinkErrorKind, object_key};
 
 /// How files are named and encoded.

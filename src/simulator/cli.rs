@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{DEFAULT_STREAM_ID, IdClock, STOPPED_STREAM_ID, SimulatorConfig, StreamDef};
-use super::{Simulator, SimulatorHandle, now_ms};
+use super::{Simulator, SimulatorHandle};
+use crate::ids::now_ms;
 use crate::secret::Secret;
 
 /// Options of `opencti-stream-exporter simulate`.

@@ -34,7 +34,6 @@ mod config;
 mod cut;
 mod faults;
 mod graphql;
-mod ids;
 mod model;
 pub mod oracle;
 mod render;
@@ -50,13 +49,13 @@ mod write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::ids::{EventId, iso, parse_position};
 pub use cli::{SimulateArgs, run};
 pub use config::{
     DEFAULT_STREAM_ID, EventMix, IdClock, RecoverWithoutStart, STOPPED_STREAM_ID, SimulatorConfig,
@@ -67,7 +66,6 @@ pub use faults::{
     PlanStep,
 };
 pub use graphql::GraphqlCall;
-pub use ids::{EventId, iso, parse_position};
 pub use model::{EventKind, IdentityKey, Role, StixId, StixType};
 pub use oracle::{Expectation, OracleReport};
 pub use render::{HOSTILE_URIS, OCTI_EXT, SCO_EXT};
@@ -143,13 +141,6 @@ pub(crate) struct Shared {
 /// consistent: single pushes, pops and field updates).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Errors starting a simulator.
@@ -353,7 +344,7 @@ impl SimulatorHandle {
         let mut clock = lock(&self.shared.clock);
         let mut world = self.shared.world.write().unwrap_or_else(|p| p.into_inner());
         let before = world.events.len();
-        let now = wall.then(now_ms);
+        let now = wall.then(crate::ids::now_ms);
         world.append(count, clock.high_water, now);
         let ids: Vec<EventId> = world.events[before..].iter().map(|e| e.id).collect();
         clock.log_len = world.events.len() as u64;

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use super::ids::EventId;
 use super::write::{parse_uuid, uuid};
+use crate::ids::EventId;
 
 /// The STIX object types the corpus generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -23,9 +23,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::ids::EventId;
 use super::model::{EventKind, IdentityKey, Role, StixId};
 use super::served::{ServedLog, StreamMode};
+use crate::ids::EventId;
 
 /// What the first accepted connection should have received.
 #[derive(Debug, Clone, Default)]

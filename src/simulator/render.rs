@@ -2,12 +2,12 @@
 //! dependency and recovery payloads, §2.6 STIX with the OCTI and SCO extensions), straight into
 //! byte buffers: no `serde_json::Value` tree, about a microsecond per event.
 
-use super::ids::{EventId, write_iso};
 use super::model::{EventKind, StixId, StixType};
 use super::rng::{SplitMix, derive, uuid_v4, uuid_v5};
 use super::text;
 use super::world::{Change, NONE, TLP_MARKINGS, View, World};
 use super::write::{iso_str, json_str, json_str_body, num, uuid_str};
+use crate::ids::{EventId, write_iso};
 
 /// The OpenCTI extension id.
 pub const OCTI_EXT: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";

@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use super::faults::{Fault, InjectedEvent};
-use super::ids::EventId;
 use super::model::IdentityKey;
+use crate::ids::EventId;
 
 /// A snapshot of every connection the simulator saw on its stream routes, in arrival order.
 #[derive(Debug, Clone, Default)]

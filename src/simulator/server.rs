@@ -23,11 +23,11 @@ use tokio::task::JoinSet;
 use super::config::RecoverWithoutStart;
 use super::cut::{CutSignal, CuttableIo};
 use super::faults::FailStatus;
-use super::ids::{EventId, parse_position};
 use super::model::{EventKind, IdentityKey, Role};
 use super::served::{ConnectionEnd, ConnectionRecord, RequestInfo, StreamMode};
 use super::stream::{self, SessionPlan, SseBody};
 use super::{Shared, StorageRequest, graphql, lock, storage};
+use crate::ids::{EventId, parse_position};
 
 /// Any response body the simulator sends.
 pub enum SimBody {

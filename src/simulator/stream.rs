@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use super::cut::CutSignal;
 use super::faults::{Fault, InjectedEvent};
-use super::ids::{EventId, write_iso};
 use super::model::{EventKind, IdentityKey, Role, StixId, StixType};
 use super::render::{self, frame_head, frame_tail};
 use super::rng::{derive, uuid_v4, uuid_v5};
@@ -28,6 +27,7 @@ use super::served::{ConnectionEnd, ConnectionRecord, InjectedRecord, ServedEvent
 use super::world::World;
 use super::write::uuid_str;
 use super::{Shared, lock};
+use crate::ids::{EventId, write_iso};
 
 /// Live events per rendered chunk.
 pub const CHUNK: u32 = 512;
@@ -491,7 +491,7 @@ impl Session {
         if clock.log_len as u32 != self.position || self.recovery_index < self.plan.recovery.len() {
             return;
         }
-        let now = super::now_ms();
+        let now = crate::ids::now_ms();
         if now > self.last_id.ms {
             self.last_id = EventId::new(now, 0);
             clock.high_water = clock.high_water.max(self.last_id);
@@ -504,7 +504,7 @@ impl Session {
             return self.last_id;
         }
         let mut clock = lock(&self.shared.clock);
-        let id = EventId::new(super::now_ms(), 0);
+        let id = EventId::new(crate::ids::now_ms(), 0);
         clock.high_water = clock.high_water.max(id);
         id
     }

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 
 use super::config::{EventMix, SimulatorConfig};
-use super::ids::EventId;
 use super::model::{EventKind, StixId, StixType};
 use super::rng::{SplitMix, derive, uuid_v4, uuid_v5};
 use super::text;
+use crate::ids::EventId;
 
 /// "No object" / "not deleted" / "knowledge base" marker in `u32` index fields.
 pub const NONE: u32 = u32::MAX;

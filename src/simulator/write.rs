@@ -2,7 +2,7 @@
 //! JavaScript's `JSON.stringify` for the values we produce: no spaces, non-ASCII written as
 //! UTF-8, `"` `\` and control characters escaped.
 
-use super::ids::write_iso;
+use crate::ids::write_iso;
 
 /// Appends `text` as a JSON string (with quotes).
 pub fn json_str(out: &mut Vec<u8>, text: &str) {

@@ -1,5 +1,6 @@
 //! Stream event ids (`<ms>-<seq>`, Redis stream style), the date forms OpenCTI accepts for `from`
-//! and `recover` (§1.2), and ISO-8601 formatting of millisecond timestamps.
+//! and `recover` (§1.2), ISO-8601 formatting of millisecond timestamps, and the wall clock in
+//! epoch milliseconds. Shared by the stream client, the pipeline, the read-back and the simulator.
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,6 +47,14 @@ impl FromStr for EventId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s).ok_or_else(|| format!("`{s}` is not a stream id of the form <ms>-<seq>"))
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn is_digits(text: &str) -> bool {
