@@ -8,13 +8,16 @@
 //!
 //! Speed: a frame taken whole and large enough is copied into the segment as it is stored (a
 //! segment file is a sequence of zstd frames), so sealing costs one decompression and two MD5s
-//! per byte, not a recompression. Small frames (written when appends trickle in) and the parts of
-//! a frame cut by the byte limit are recompressed together into larger frames, which keeps
-//! segments compact when the load is light.
+//! per byte, not a recompression. The MD5 of the raw content (the costliest part) runs on a helper
+//! thread fed with the decoded blocks, so it overlaps decompression and I/O. Small frames
+//! (written when appends trickle in) and the parts of a frame cut by the byte limit are
+//! recompressed together into larger frames, which keeps segments compact when the load is light.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::{Scope, ScopedJoinHandle};
 
 use md5::{Digest, Md5};
 
@@ -27,8 +30,10 @@ use crate::store::Store;
 
 /// Frames with at least this many raw bytes, taken whole, are copied without recompression.
 const COPY_MIN_RAW_BYTES: u64 = 64 * 1024;
-/// Buffer raw bytes are decoded into.
-const DECODE_BUFFER_BYTES: usize = 64 * 1024;
+/// Blocks raw bytes are decoded into and hashed from.
+const DECODE_BLOCK_BYTES: usize = 128 * 1024;
+/// Most decode blocks in use at once (decoding, queued, hashing): bounds the seal's memory.
+const DECODE_BLOCKS: usize = 4;
 
 /// A written segment, ready to be registered by the writer.
 #[derive(Debug)]
@@ -73,8 +78,20 @@ pub(crate) fn write_segment(request: &SealRequest<'_>) -> Result<Option<SealPlan
 }
 
 fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalError> {
+    std::thread::scope(|scope| {
+        let digest = RawDigest::start(scope)
+            .map_err(|e| WalError::io("starting the MD5 thread for segment", tmp, e))?;
+        let out = SegmentBuilder::create(tmp, request.zstd_level, digest)?;
+        fill(request, tmp, out)
+    })
+}
+
+fn fill(
+    request: &SealRequest<'_>,
+    tmp: &Path,
+    mut out: SegmentBuilder<'_>,
+) -> Result<SealPlan, WalError> {
     let state = request.state;
-    let mut out = SegmentBuilder::create(tmp, request.zstd_level)?;
     let from = state.first_unsealed;
     let mut pos = from;
     let mut first_cursor = None;
@@ -169,14 +186,111 @@ fn fitting_records(header: &FrameHeader, start: u64, budget: u64, segment_empty:
 }
 
 /// The segment file being written, with the running MD5s and lengths.
-struct SegmentBuilder {
+struct SegmentBuilder<'scope> {
     stored: StoredWriter,
     encoder: FrameEncoder,
-    raw_md5: Md5,
+    decoder: zstd::zstd_safe::DCtx<'static>,
+    digest: RawDigest<'scope>,
     raw_bytes: u64,
     records: u64,
-    buffer: Vec<u8>,
     path: PathBuf,
+}
+
+/// The MD5 of the raw content, computed on a helper thread. Raw bytes are decoded straight into
+/// large blocks; a full block is handed to the hasher (and handed back for reuse), so hashing
+/// overlaps decoding and costs one hand-over per block whatever the frame sizes.
+struct RawDigest<'scope> {
+    blocks: mpsc::SyncSender<(Vec<u8>, usize)>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+    allocated: usize,
+    /// The block being filled and how much of it is filled.
+    current: Vec<u8>,
+    filled: usize,
+    hasher: ScopedJoinHandle<'scope, [u8; 16]>,
+}
+
+impl<'scope> RawDigest<'scope> {
+    fn start<'env>(scope: &'scope Scope<'scope, 'env>) -> io::Result<Self> {
+        let (blocks, queued) = mpsc::sync_channel::<(Vec<u8>, usize)>(DECODE_BLOCKS);
+        let (recycle, recycled) = mpsc::channel();
+        let hasher = std::thread::Builder::new()
+            .name("wal-seal-md5".into())
+            .spawn_scoped(scope, move || {
+                let mut md5 = Md5::new();
+                for (block, len) in queued {
+                    md5.update(&block[..len]);
+                    // The sealer may be gone already (it failed): the block is just dropped.
+                    let _ = recycle.send(block);
+                }
+                md5.finalize().into()
+            })?;
+        Ok(RawDigest {
+            blocks,
+            recycled,
+            allocated: 1,
+            current: vec![0; DECODE_BLOCK_BYTES],
+            filled: 0,
+            hasher,
+        })
+    }
+
+    /// Free room in the current block (never empty) to decode raw bytes into.
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.current[self.filled..]
+    }
+
+    /// The `len` bytes just decoded into [`RawDigest::space`].
+    fn decoded(&self, len: usize) -> &[u8] {
+        &self.current[self.filled..self.filled + len]
+    }
+
+    /// Counts the `len` bytes just decoded into the hash (bytes decoded but not kept are simply
+    /// overwritten by the next decode).
+    fn keep(&mut self, len: usize) -> Result<(), WalError> {
+        self.filled += len;
+        if self.filled == self.current.len() {
+            let next = self.next_block();
+            let full = std::mem::replace(&mut self.current, next);
+            self.blocks
+                .send((full, std::mem::take(&mut self.filled)))
+                .map_err(|_| WalError::corrupt("the MD5 thread of the seal stopped"))?;
+        }
+        Ok(())
+    }
+
+    /// A recycled block, a new one, or (at the limit) the next one the hasher hands back.
+    fn next_block(&mut self) -> Vec<u8> {
+        if let Ok(block) = self.recycled.try_recv() {
+            return block;
+        }
+        if self.allocated < DECODE_BLOCKS {
+            self.allocated += 1;
+            return vec![0; DECODE_BLOCK_BYTES];
+        }
+        // If the hasher is gone, `finish` reports it; decoding can go on meanwhile.
+        self.recycled
+            .recv()
+            .unwrap_or_else(|_| vec![0; DECODE_BLOCK_BYTES])
+    }
+
+    fn finish(self) -> Result<[u8; 16], WalError> {
+        let RawDigest {
+            blocks,
+            current,
+            filled,
+            hasher,
+            ..
+        } = self;
+        if filled > 0 {
+            blocks
+                .send((current, filled))
+                .map_err(|_| WalError::corrupt("the MD5 thread of the seal stopped"))?;
+        }
+        drop(blocks);
+        hasher
+            .join()
+            .map_err(|_| WalError::corrupt("the MD5 thread of the seal panicked"))
+    }
 }
 
 /// The stored bytes: hashed and counted on their way to the file.
@@ -199,8 +313,8 @@ impl Write for StoredWriter {
     }
 }
 
-impl SegmentBuilder {
-    fn create(path: &Path, zstd_level: i32) -> Result<Self, WalError> {
+impl<'scope> SegmentBuilder<'scope> {
+    fn create(path: &Path, zstd_level: i32, digest: RawDigest<'scope>) -> Result<Self, WalError> {
         let file = File::create(path).map_err(|e| WalError::io("creating segment", path, e))?;
         let encoder = FrameEncoder::new(zstd_level)
             .map_err(|e| WalError::io("starting zstd for segment", path, e))?;
@@ -211,10 +325,10 @@ impl SegmentBuilder {
                 bytes: 0,
             },
             encoder,
-            raw_md5: Md5::new(),
+            decoder: zstd::zstd_safe::DCtx::create(),
+            digest,
             raw_bytes: 0,
             records: 0,
-            buffer: vec![0; DECODE_BUFFER_BYTES],
             path: path.to_path_buf(),
         })
     }
@@ -230,18 +344,20 @@ impl SegmentBuilder {
             .finish_frame(&mut self.stored)
             .map_err(|e| WalError::io("writing segment", &path, e))?;
         let stream = ChunkStream::new(store, seq, header, Some(&mut self.stored));
-        let mut decoder = frame::decoder(stream).map_err(|e| frame_error(seq, e))?;
+        let mut decoder =
+            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, e))?;
         let mut raw = 0u64;
         let mut newlines = 0u64;
         loop {
-            let n = decoder.read(&mut self.buffer).map_err(|e| frame_error(seq, e))?;
+            let n = decoder
+                .read(self.digest.space())
+                .map_err(|e| frame_error(seq, e))?;
             if n == 0 {
                 break;
             }
-            let data = &self.buffer[..n];
-            self.raw_md5.update(data);
-            newlines += count_newlines(data);
+            newlines += count_newlines(self.digest.decoded(n));
             raw += n as u64;
+            self.digest.keep(n)?;
         }
         decoder.finish().drain().map_err(|e| frame_error(seq, e))?;
         if raw != header.raw_bytes || newlines != header.records() {
@@ -269,18 +385,16 @@ impl SegmentBuilder {
         take: u64,
     ) -> Result<(), WalError> {
         let stream = ChunkStream::new(store, seq, header, None);
-        let mut decoder = frame::decoder(stream).map_err(|e| frame_error(seq, e))?;
+        let mut decoder =
+            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, e))?;
         let mut to_skip = skip;
         let mut left = take_bytes;
         let mut newlines = 0u64;
         while left > 0 {
-            let want = if to_skip > 0 {
-                to_skip.min(self.buffer.len() as u64)
-            } else {
-                left.min(self.buffer.len() as u64)
-            } as usize;
+            let space = self.digest.space();
+            let want = if to_skip > 0 { to_skip } else { left }.min(space.len() as u64) as usize;
             let n = decoder
-                .read(&mut self.buffer[..want])
+                .read(&mut space[..want])
                 .map_err(|e| frame_error(seq, e))?;
             if n == 0 {
                 return Err(WalError::corrupt(format!(
@@ -292,13 +406,13 @@ impl SegmentBuilder {
                 to_skip -= n as u64;
                 continue;
             }
-            let data = &self.buffer[..n];
-            self.raw_md5.update(data);
+            let data = self.digest.decoded(n);
             newlines += count_newlines(data);
             self.encoder
                 .write(data, &mut self.stored)
                 .map_err(|e| WalError::io("writing segment", &self.path, e))?;
             left -= n as u64;
+            self.digest.keep(n)?;
         }
         if newlines != take {
             return Err(WalError::corrupt(format!(
@@ -325,7 +439,7 @@ impl SegmentBuilder {
         file.sync_all()
             .map_err(|e| WalError::io("fsyncing segment", path, e))?;
         Ok((
-            self.raw_md5.finalize().into(),
+            self.digest.finish()?,
             self.raw_bytes,
             self.records,
             self.stored.md5.finalize().into(),

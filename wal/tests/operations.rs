@@ -365,6 +365,27 @@ fn seal_takes_records_up_to_the_byte_limit_exactly_across_and_inside_groups() {
 }
 
 #[test]
+fn seals_cut_a_large_frame_anywhere_and_keep_every_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = WalOptions::new(tmp.path(), 1 << 40);
+    options.max_commit_bytes = 8 << 20;
+    let (wal, _) = Wal::open(options).unwrap();
+    // One commit of ~3 MiB: seals of 700 KB cut it several times, far from its start.
+    let all: Vec<Bytes> = (0..3000).map(|i| record_of_len(i, 1000 + i % 97)).collect();
+    wal.appender().append(all.clone(), Some("1-0".into())).wait().unwrap();
+    let metas = seal_all(&wal, 700_000);
+    assert!(metas.len() >= 4, "{} segments", metas.len());
+    let mut read = Vec::new();
+    for meta in &metas {
+        assert!(meta.raw_bytes <= 700_000);
+        let content = read_segment(&wal, meta.number);
+        assert_eq!(meta.raw_md5, md5(&content));
+        read.extend(support::lines(&content));
+    }
+    assert_eq!(read, all);
+}
+
+#[test]
 fn a_record_larger_than_the_limit_is_sealed_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
