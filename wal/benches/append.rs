@@ -35,9 +35,14 @@ fn append_all(appender: &Appender, records: &[Bytes], group: usize, in_flight_gr
 }
 
 fn drain(wal: &Wal) {
-    while wal.seal(64 << 20, 1_718_012_346_001).expect("seal").is_some() {}
+    while wal
+        .seal(64 << 20, 1_718_012_346_001)
+        .expect("seal")
+        .is_some()
+    {}
     for meta in wal.segments() {
-        wal.mark_uploaded(meta.number, 1_718_012_346_001).expect("mark uploaded");
+        wal.mark_uploaded(meta.number, 1_718_012_346_001)
+            .expect("mark uploaded");
     }
 }
 

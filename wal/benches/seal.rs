@@ -44,10 +44,14 @@ fn bench(c: &mut Criterion, name: &str, records: &[Bytes], group: usize, pipelin
             for _ in 0..iterations {
                 fill(&wal, records, group, pipelined);
                 let start = Instant::now();
-                let meta = wal.seal(u64::MAX, NOW_MS).expect("seal").expect("a segment");
+                let meta = wal
+                    .seal(u64::MAX, NOW_MS)
+                    .expect("seal")
+                    .expect("a segment");
                 measured += start.elapsed();
                 assert_eq!(meta.raw_bytes, raw);
-                wal.mark_uploaded(meta.number, NOW_MS).expect("mark uploaded");
+                wal.mark_uploaded(meta.number, NOW_MS)
+                    .expect("mark uploaded");
             }
             measured
         });
@@ -58,7 +62,13 @@ fn bench(c: &mut Criterion, name: &str, records: &[Bytes], group: usize, pipelin
 fn seal_benchmarks(c: &mut Criterion) {
     let records = support::records(8 * 1024, 2);
     bench(c, "16MiB_from_1MiB_commits", &records, 512, true);
-    bench(c, "4MiB_from_one_record_commits", &records[..2048], 1, false);
+    bench(
+        c,
+        "4MiB_from_one_record_commits",
+        &records[..2048],
+        1,
+        false,
+    );
 }
 
 criterion_group!(benches, seal_benchmarks);

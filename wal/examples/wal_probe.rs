@@ -44,7 +44,10 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
         let name: String = stat
             .split_once('(')
             .and_then(|(_, rest)| rest.rsplit_once(')'))
-            .map(|(name, _)| name.trim_end_matches(|c: char| c.is_ascii_digit()).to_string())
+            .map(|(name, _)| {
+                name.trim_end_matches(|c: char| c.is_ascii_digit())
+                    .to_string()
+            })
             .unwrap_or_default();
         let after = stat.rsplit(')').next().unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
@@ -56,7 +59,10 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("a number"))
+        .collect();
     let total = args.first().copied().unwrap_or(200_000);
     let group = args.get(1).copied().unwrap_or(64) as usize;
     let in_flight = args.get(2).copied().unwrap_or(64) as usize;
@@ -78,15 +84,26 @@ fn main() {
         appended += group as u64;
         pending.push_back(appender.append(records, Some(format!("{appended}-0"))));
         if pending.len() >= in_flight {
-            pending.pop_front().expect("pending").wait().expect("durable");
+            pending
+                .pop_front()
+                .expect("pending")
+                .wait()
+                .expect("durable");
         }
         if wal.backlog().raw_bytes >= seal_bytes {
+            let before = proc_status("VmRSS:");
             let t = Instant::now();
             if let Some(meta) = wal.seal(seal_bytes, 1_718_012_346_001).expect("seal") {
                 sealed_raw += meta.raw_bytes;
                 wal.mark_uploaded(meta.number, 0).expect("uploaded");
             }
             seal_time += t.elapsed().as_secs_f64();
+            if std::env::var_os("PROBE_VERBOSE").is_some() {
+                eprintln!(
+                    "seal: VmRSS {before} kB before, {} kB after",
+                    proc_status("VmRSS:")
+                );
+            }
         }
     }
     for p in pending {
@@ -98,7 +115,9 @@ fn main() {
     let stats = wal.stats();
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     let raw = stats.raw_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    let stored = stats.stored_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let stored = stats
+        .stored_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "records {appended} group {group} in_flight {in_flight}: {:.0} records/s wall, {:.1} µs CPU/record ({:.0} records per CPU-second), \
          {commits} commits ({:.0} records/commit), frame ratio {:.3}, seal {:.0} MB/s ({:.1} s), VmHWM {} kB, disk {:?}",

@@ -99,7 +99,12 @@ fn check_or_write_format(dir: &Path) -> Result<(), WalError> {
         .collect();
     if !others.is_empty() {
         others.sort();
-        let shown = others.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let shown = others
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         let more = others.len().saturating_sub(5);
         return Err(WalError::NotAWal {
             dir: dir.to_path_buf(),
@@ -120,7 +125,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WalError
     let mut file = File::create(&tmp).map_err(|e| WalError::io("creating", &tmp, e))?;
     file.write_all(bytes)
         .map_err(|e| WalError::io("writing", &tmp, e))?;
-    file.sync_all().map_err(|e| WalError::io("fsyncing", &tmp, e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io("fsyncing", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| WalError::io("renaming into place", path, e))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }

@@ -33,7 +33,10 @@ impl std::fmt::Display for SegmentProblem {
                 write!(f, "its file holds {found} bytes but {expected} were sealed")
             }
             SegmentProblem::BadChecksum => {
-                write!(f, "its file does not match the MD5 recorded when it was sealed")
+                write!(
+                    f,
+                    "its file does not match the MD5 recorded when it was sealed"
+                )
             }
             SegmentProblem::Unreadable(why) => write!(f, "its file cannot be read: {why}"),
         }
@@ -134,7 +137,9 @@ pub enum WalError {
     },
 
     /// `mark_uploaded` named a segment that is not the oldest one.
-    #[error("segment {requested} cannot be marked uploaded: the oldest sealed segment is {oldest:?}")]
+    #[error(
+        "segment {requested} cannot be marked uploaded: the oldest sealed segment is {oldest:?}"
+    )]
     NotOldest {
         /// The segment named by the caller.
         requested: u64,
@@ -182,7 +187,11 @@ pub enum WalError {
 
 impl WalError {
     /// Builds an [`WalError::Io`] with the action and path it concerns.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         WalError::Io {
             action,
             path: path.into(),

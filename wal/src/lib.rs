@@ -104,7 +104,9 @@ pub use appender::{Appender, Committed, Group, PendingAppend};
 pub use error::{SegmentProblem, WalError};
 pub use options::{DEFAULT_CACHE_BYTES, DEFAULT_MAX_COMMIT_BYTES, DEFAULT_ZSTD_LEVEL, WalOptions};
 pub use segment::{SegmentMeta, SegmentReader, StoredSegmentReader};
-pub use state::{FIRST_FILE_NUMBER, InitialState, RecoverUntil, StateChange, UploadRecord, WalState};
+pub use state::{
+    FIRST_FILE_NUMBER, InitialState, RecoverUntil, StateChange, UploadRecord, WalState,
+};
 pub use usage::{Backlog, DiskUsage, FS_RESERVE_BYTES, WalStats};
 pub use wal::{DamagedSegment, RecoveryReport, Wal};
 

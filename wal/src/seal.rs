@@ -44,7 +44,7 @@ pub(crate) struct SealPlan {
     pub from: Position,
     /// The first unsealed position after it.
     pub to: Position,
-    /// Frames whose records are all sealed now: (sequence, chunk count).
+    /// Frames whose records are all sealed now, to be removed: (sequence, chunk count).
     pub removed_frames: Vec<(u64, u32)>,
 }
 
@@ -128,7 +128,14 @@ fn fill(
         if whole && pos.record == 0 && header.raw_bytes >= COPY_MIN_RAW_BYTES {
             out.copy_frame(request.store, pos.frame, &header)?;
         } else {
-            out.recompress_part(request.store, pos.frame, &header, pos.raw_offset, take_bytes, take)?;
+            out.recompress_part(
+                request.store,
+                pos.frame,
+                &header,
+                pos.raw_offset,
+                take_bytes,
+                take,
+            )?;
         }
         if whole {
             removed_frames.push((pos.frame, header.chunks));
@@ -144,9 +151,10 @@ fn fill(
             break;
         }
     }
-    let (raw_md5, raw_bytes, records, stored_md5, stored_bytes) = out.finish(tmp)?;
+    let content = out.finish(tmp)?;
     let path = segment::segment_path(request.segments_dir, request.number);
-    std::fs::rename(tmp, &path).map_err(|e| WalError::io("renaming segment into place", &path, e))?;
+    std::fs::rename(tmp, &path)
+        .map_err(|e| WalError::io("renaming segment into place", &path, e))?;
     crate::dir::sync_dir(request.segments_dir)?;
     Ok(SealPlan {
         meta: SegmentMeta {
@@ -155,11 +163,11 @@ fn fill(
             first_cursor,
             last_cursor,
             first_record: from.seq,
-            records,
-            raw_bytes,
-            raw_md5,
-            stored_bytes,
-            stored_md5,
+            records: content.records,
+            raw_bytes: content.raw_bytes,
+            raw_md5: content.raw_md5,
+            stored_bytes: content.stored_bytes,
+            stored_md5: content.stored_md5,
             sealed_at_ms: request.now_ms,
         },
         from,
@@ -170,7 +178,12 @@ fn fill(
 
 /// How many records of `header` from `start` fit in `budget` raw bytes, and their raw size. The
 /// first record of a segment is taken even when it alone exceeds the budget.
-fn fitting_records(header: &FrameHeader, start: u64, budget: u64, segment_empty: bool) -> (u64, u64) {
+fn fitting_records(
+    header: &FrameHeader,
+    start: u64,
+    budget: u64,
+    segment_empty: bool,
+) -> (u64, u64) {
     let mut take = 0;
     let mut bytes = 0;
     for len in &header.record_lens[start as usize..] {
@@ -333,12 +346,13 @@ impl<'scope> SegmentBuilder<'scope> {
         })
     }
 
-    fn io_error(&self, action: &'static str) -> impl FnOnce(io::Error) -> WalError + '_ {
-        move |e| WalError::io(action, &self.path, e)
-    }
-
     /// Appends frame `seq` as it is stored, decoding it only to hash its raw content.
-    fn copy_frame(&mut self, store: &Store, seq: u64, header: &FrameHeader) -> Result<(), WalError> {
+    fn copy_frame(
+        &mut self,
+        store: &Store,
+        seq: u64,
+        header: &FrameHeader,
+    ) -> Result<(), WalError> {
         let path = self.path.clone();
         self.encoder
             .finish_frame(&mut self.stored)
@@ -426,11 +440,11 @@ impl<'scope> SegmentBuilder<'scope> {
 
     /// Ends the last frame, flushes and fsyncs the file. Returns the raw MD5 and length, the
     /// record count, and the stored MD5 and length.
-    fn finish(mut self, path: &Path) -> Result<([u8; 16], u64, u64, [u8; 16], u64), WalError> {
+    fn finish(mut self, path: &Path) -> Result<SealedContent, WalError> {
         self.encoder
             .finish_frame(&mut self.stored)
-            .map_err(self.io_error("writing segment"))?;
-        self.stored.flush().map_err(self.io_error("writing segment"))?;
+            .and_then(|()| self.stored.flush())
+            .map_err(|e| WalError::io("writing segment", path, e))?;
         let file = self
             .stored
             .file
@@ -438,14 +452,23 @@ impl<'scope> SegmentBuilder<'scope> {
             .map_err(|e| WalError::io("writing segment", path, e.into_error()))?;
         file.sync_all()
             .map_err(|e| WalError::io("fsyncing segment", path, e))?;
-        Ok((
-            self.digest.finish()?,
-            self.raw_bytes,
-            self.records,
-            self.stored.md5.finalize().into(),
-            self.stored.bytes,
-        ))
+        Ok(SealedContent {
+            raw_md5: self.digest.finish()?,
+            raw_bytes: self.raw_bytes,
+            records: self.records,
+            stored_md5: self.stored.md5.finalize().into(),
+            stored_bytes: self.stored.bytes,
+        })
     }
+}
+
+/// What a finished segment file holds.
+struct SealedContent {
+    raw_md5: [u8; 16],
+    raw_bytes: u64,
+    records: u64,
+    stored_md5: [u8; 16],
+    stored_bytes: u64,
 }
 
 fn count_newlines(data: &[u8]) -> u64 {

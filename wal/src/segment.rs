@@ -115,7 +115,13 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-fn mismatch(meta: &SegmentMeta, path: &Path, what: &str, found_bytes: u64, expected: u64) -> io::Error {
+fn mismatch(
+    meta: &SegmentMeta,
+    path: &Path,
+    what: &str,
+    found_bytes: u64,
+    expected: u64,
+) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!(
@@ -162,11 +168,23 @@ impl SegmentReader {
     fn verify(&mut self) -> io::Result<()> {
         let raw_md5: [u8; 16] = self.raw_md5.clone().finalize().into();
         if raw_md5 != self.meta.raw_md5 || self.raw_bytes != self.meta.raw_bytes {
-            return Err(mismatch(&self.meta, &self.path, "raw", self.raw_bytes, self.meta.raw_bytes));
+            return Err(mismatch(
+                &self.meta,
+                &self.path,
+                "raw",
+                self.raw_bytes,
+                self.meta.raw_bytes,
+            ));
         }
         let (stored_md5, stored_bytes) = self.decoder.get_mut().get_mut().finish()?;
         if stored_md5 != self.meta.stored_md5 || stored_bytes != self.meta.stored_bytes {
-            return Err(mismatch(&self.meta, &self.path, "stored", stored_bytes, self.meta.stored_bytes));
+            return Err(mismatch(
+                &self.meta,
+                &self.path,
+                "stored",
+                stored_bytes,
+                self.meta.stored_bytes,
+            ));
         }
         self.verified = true;
         Ok(())
@@ -198,7 +216,13 @@ impl Read for SegmentReader {
         self.raw_md5.update(&buf[..n]);
         self.raw_bytes += n as u64;
         if self.raw_bytes > self.meta.raw_bytes {
-            return Err(mismatch(&self.meta, &self.path, "raw", self.raw_bytes, self.meta.raw_bytes));
+            return Err(mismatch(
+                &self.meta,
+                &self.path,
+                "raw",
+                self.raw_bytes,
+                self.meta.raw_bytes,
+            ));
         }
         Ok(n)
     }
@@ -239,7 +263,13 @@ impl Read for StoredSegmentReader {
         if n == 0 || self.reader.bytes > self.meta.stored_bytes {
             let (md5, bytes) = self.reader.finish()?;
             if md5 != self.meta.stored_md5 || bytes != self.meta.stored_bytes {
-                return Err(mismatch(&self.meta, &self.path, "stored", bytes, self.meta.stored_bytes));
+                return Err(mismatch(
+                    &self.meta,
+                    &self.path,
+                    "stored",
+                    bytes,
+                    self.meta.stored_bytes,
+                ));
             }
             self.verified = true;
         }
@@ -290,6 +320,9 @@ mod tests {
         );
         assert_eq!(classify("README"), SegmentFileName::Foreign);
         assert_eq!(classify("42.ndjson.zst"), SegmentFileName::Foreign);
-        assert_eq!(classify("0000000000000000004x.ndjson.zst"), SegmentFileName::Foreign);
+        assert_eq!(
+            classify("0000000000000000004x.ndjson.zst"),
+            SegmentFileName::Foreign
+        );
     }
 }

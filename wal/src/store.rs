@@ -12,9 +12,9 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, TryLockError};
-use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::WalError;
 
@@ -61,11 +61,7 @@ impl WriteBatch {
     }
 }
 
-fn store_error(
-    action: &'static str,
-    path: &Path,
-    source: sled::Error,
-) -> WalError {
+fn store_error(action: &'static str, path: &Path, source: sled::Error) -> WalError {
     WalError::Store {
         action,
         path: path.to_path_buf(),

@@ -1,6 +1,6 @@
 //! The [`Wal`] handle: open and recover, state, seal, drain, budget.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,6 +48,9 @@ pub struct RecoveryReport {
     pub backlog: Backlog,
     /// Sealed segments waiting for upload (damaged ones included).
     pub segments: usize,
+    /// Frames of records already sealed that were not removed from the database yet (the writer
+    /// removes them a little at a time after each seal); they are removed from now on.
+    pub sealed_frames_pending_removal: usize,
 }
 
 /// The write-ahead log. Cheap to clone (an `Arc` inside), `Send + Sync`. The directory stays
@@ -100,12 +103,13 @@ impl Wal {
             None => StoredState::fresh(),
         };
         let segments = load_segments(&store, &state)?;
-        let backlog = load_backlog(&store, &state)?;
+        let (backlog, garbage) = load_frames(&store, &state)?;
         let segments_dir = dir.segments();
         let mut report = RecoveryReport {
             created,
             backlog,
             segments: segments.len(),
+            sealed_frames_pending_removal: garbage.len(),
             ..RecoveryReport::default()
         };
         clean_segments_dir(&segments_dir, &segments, &mut report)?;
@@ -144,6 +148,7 @@ impl Wal {
             state,
             backlog,
             segments: writer::lock(&shared).segments.clone(),
+            garbage,
             encoder,
             max_commit_bytes: options.max_commit_bytes as u64,
             dir: dir.path().to_path_buf(),
@@ -275,7 +280,12 @@ impl Wal {
             }
             return Err(error);
         }
-        tracing::debug!(segment = meta.number, records = meta.records, raw_bytes = meta.raw_bytes, "sealed");
+        tracing::debug!(
+            segment = meta.number,
+            records = meta.records,
+            raw_bytes = meta.raw_bytes,
+            "sealed"
+        );
         Ok(Some(meta))
     }
 
@@ -378,15 +388,29 @@ impl Wal {
         request: Request,
         answer: mpsc::Receiver<Result<T, WalError>>,
     ) -> Result<T, WalError> {
-        self.sender()
-            .send(request)
-            .map_err(|_| WalError::Closed)?;
+        self.sender().send(request).map_err(|_| WalError::Closed)?;
         answer.recv().unwrap_or(Err(WalError::Closed))
     }
 
     #[cfg(test)]
     pub(crate) fn faults(&self) -> &writer::Faults {
         &self.inner.faults
+    }
+
+    /// Sequence numbers of the frames in the database (test helper).
+    #[cfg(test)]
+    pub(crate) fn stored_frames(&self) -> Vec<u64> {
+        self.inner
+            .store
+            .scan_prefix(&layout::frame_header_prefix())
+            .map(|item| layout::parse_numbered_key(&item.unwrap().0).unwrap())
+            .collect()
+    }
+
+    /// The first frame not wholly sealed (test helper).
+    #[cfg(test)]
+    pub(crate) fn first_unsealed_frame(&self) -> u64 {
+        writer::lock(&self.inner.shared).state.first_unsealed.frame
     }
 }
 
@@ -424,17 +448,47 @@ fn load_segments(
     Ok(segments)
 }
 
-/// Walks the headers of unsealed frames, checks they are consecutive and agree with the state,
-/// and sums the backlog.
-fn load_backlog(store: &Store, state: &StoredState) -> Result<Backlog, WalError> {
+/// Walks the frame headers: frames below the first unsealed position are sealed and wait for
+/// removal (garbage); the others make the backlog. Checks that frames are consecutive and agree
+/// with the state.
+fn load_frames(
+    store: &Store,
+    state: &StoredState,
+) -> Result<(Backlog, VecDeque<(u64, u32)>), WalError> {
+    let position = state.first_unsealed;
     let mut backlog = Backlog::default();
-    let mut expected_frame = state.first_unsealed.frame;
-    let mut expected_seq = state.first_unsealed.seq - state.first_unsealed.record;
+    let mut garbage = VecDeque::new();
+    // The last garbage frame seen and the sequence number after its records.
+    let mut last_garbage: Option<(u64, u64)> = None;
+    let mut expected_frame = position.frame;
+    let mut expected_seq = position.seq.checked_sub(position.record).ok_or_else(|| {
+        WalError::corrupt(format!("impossible first unsealed position {position:?}"))
+    })?;
     for item in store.scan_prefix(&layout::frame_header_prefix()) {
         let (key, value) = item?;
         let seq = layout::parse_numbered_key(&key)
             .ok_or_else(|| WalError::corrupt(format!("malformed frame key {key:?}")))?;
         let header: FrameHeader = layout::decode(&value, &format!("the header of frame {seq}"))?;
+        if seq < position.frame {
+            if let Some((previous, end_seq)) = last_garbage
+                && (seq != previous + 1 || header.first_seq != end_seq)
+            {
+                return Err(WalError::corrupt(format!(
+                    "sealed frame {seq} does not follow sealed frame {previous}"
+                )));
+            }
+            last_garbage = Some((seq, header.first_seq + header.records()));
+            garbage.push_back((seq, header.chunks));
+            continue;
+        }
+        if let Some((previous, end_seq)) = last_garbage.take()
+            && (previous + 1 != position.frame || end_seq != expected_seq)
+        {
+            return Err(WalError::corrupt(format!(
+                "sealed frame {previous} is not followed by the first unsealed frame {}",
+                position.frame
+            )));
+        }
         if seq != expected_frame || header.first_seq != expected_seq {
             return Err(WalError::corrupt(format!(
                 "frame {seq} (first record {}) found where frame {expected_frame} (first record \
@@ -442,8 +496,7 @@ fn load_backlog(store: &Store, state: &StoredState) -> Result<Backlog, WalError>
                 header.first_seq
             )));
         }
-        if seq == state.first_unsealed.frame {
-            let position = state.first_unsealed;
+        if seq == position.frame {
             if position.record > header.records()
                 || header.raw_len(0, position.record) != position.raw_offset
             {
@@ -460,6 +513,14 @@ fn load_backlog(store: &Store, state: &StoredState) -> Result<Backlog, WalError>
         expected_frame += 1;
         expected_seq += header.records();
     }
+    if let Some((previous, _)) = last_garbage
+        && previous + 1 != position.frame
+    {
+        return Err(WalError::corrupt(format!(
+            "sealed frame {previous} is not followed by the first unsealed frame {}",
+            position.frame
+        )));
+    }
     if expected_frame != state.next_frame_seq || expected_seq != state.next_record_seq {
         return Err(WalError::corrupt(format!(
             "frames end at frame {expected_frame} and record {expected_seq}, the state says {} \
@@ -467,7 +528,7 @@ fn load_backlog(store: &Store, state: &StoredState) -> Result<Backlog, WalError>
             state.next_frame_seq, state.next_record_seq
         )));
     }
-    Ok(backlog)
+    Ok((backlog, garbage))
 }
 
 /// Deletes temporary and orphan segment files and notes foreign ones.

@@ -21,7 +21,7 @@
 //! failed fsync the kernel's page cache can no longer be trusted to reflect the disk). After a
 //! reopen the commit is there whole or not at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,6 +50,13 @@ const KEPT_BUFFER_BYTES: usize = 1024 * 1024;
 /// call (faster); larger ones (only a huge record makes them) are streamed record by record, so a
 /// huge record is never copied.
 const CONTIGUOUS_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// Chunks of sealed frames removed per commit at most (about 4 MiB of raw records). Sealed frames
+/// are removed a little at a time, after the commit that sealed them, because removing a whole
+/// segment's worth of keys in one batch makes sled pull and rewrite hundreds of leaves at once
+/// (a transient of tens of MiB of RSS for a 64 MiB segment).
+const GC_CHUNKS_PER_COMMIT: u32 = 256;
+/// How long the planner waits for requests before it commits a removal of sealed frames alone.
+const GC_IDLE_DELAY: Duration = Duration::from_millis(20);
 /// How often the database size is measured when no seal or upload asks for it.
 const SIZE_REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Smallest timestamp with 13 digits.
@@ -104,9 +111,15 @@ impl Request {
 
 /// The answer owed to one request of a commit.
 enum Reply {
-    Append(oneshot::Sender<Result<Committed, WalError>>, Result<Committed, WalError>),
+    Append(
+        oneshot::Sender<Result<Committed, WalError>>,
+        Result<Committed, WalError>,
+    ),
     Done(mpsc::Sender<Result<(), WalError>>, Result<(), WalError>),
-    Uploaded(mpsc::Sender<Result<SegmentMeta, WalError>>, Result<SegmentMeta, WalError>),
+    Uploaded(
+        mpsc::Sender<Result<SegmentMeta, WalError>>,
+        Result<SegmentMeta, WalError>,
+    ),
 }
 
 impl Reply {
@@ -122,7 +135,8 @@ impl Reply {
 
     /// Answers that the writer is gone.
     fn fail_closed(self) {
-        self.replace_success(|| WalError::Closed).send(&WalStats::default());
+        self.replace_success(|| WalError::Closed)
+            .send(&WalStats::default());
     }
 
     fn send(self, stats: &WalStats) {
@@ -167,6 +181,8 @@ pub(crate) struct Faults {
     /// Taken by the writer after it received the first request of a commit and before it gathers
     /// the others: a test holding it makes everything it queues meanwhile one commit.
     pub hold: Mutex<()>,
+    /// Never commit a removal of sealed frames on its own (only with requests).
+    pub no_idle_gc: std::sync::atomic::AtomicBool,
 }
 
 /// The planner thread's state: the state, backlog and segments as they will be once every commit
@@ -177,6 +193,8 @@ pub(crate) struct Planner {
     pub backlog: Backlog,
     /// Segment numbers (with their entries) once every planned commit is durable.
     pub segments: BTreeMap<u64, SegmentMeta>,
+    /// Sealed frames not removed yet, oldest first: (sequence, chunk count).
+    pub garbage: VecDeque<(u64, u32)>,
     pub encoder: FrameEncoder,
     pub max_commit_bytes: u64,
     pub dir: PathBuf,
@@ -258,17 +276,29 @@ impl Planner {
         let mut carry: Option<Request> = None;
         loop {
             let first = match carry.take() {
-                Some(request) => request,
-                None => match requests.recv() {
-                    Ok(request) => request,
+                Some(request) => Some(request),
+                None if self.garbage.is_empty() || self.idle_gc_disabled() => match requests.recv()
+                {
+                    Ok(request) => Some(request),
                     Err(_) => break,
+                },
+                // Sealed frames wait for removal: remove some if no request comes soon.
+                None => match requests.recv_timeout(GC_IDLE_DELAY) {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
             #[cfg(test)]
-            drop(self.faults.hold.lock());
-            let mut raw = first.raw_bytes();
-            let mut batch = vec![first];
-            while raw < self.max_commit_bytes && batch.len() < MAX_REQUESTS_PER_COMMIT {
+            if first.is_some() {
+                drop(self.faults.hold.lock());
+            }
+            let mut raw = first.as_ref().map_or(0, Request::raw_bytes);
+            let mut batch: Vec<Request> = first.into_iter().collect();
+            while !batch.is_empty()
+                && raw < self.max_commit_bytes
+                && batch.len() < MAX_REQUESTS_PER_COMMIT
+            {
                 match requests.try_recv() {
                     Ok(request) => {
                         let size = request.raw_bytes();
@@ -434,6 +464,7 @@ impl Planner {
             plan.stored_bytes = header.stored_bytes;
             plan.raw_bytes = header.raw_bytes;
         }
+        self.remove_some_garbage(&mut plan.batch);
         if state_changed {
             plan.batch
                 .insert(STATE_KEY, layout::encode(&plan.state, "the WAL state")?);
@@ -450,7 +481,35 @@ impl Planner {
         Ok(plan)
     }
 
-    fn register(&self, plan: &mut CommitPlan, seal: SealPlan) -> Result<(), WalError> {
+    #[cfg(test)]
+    fn idle_gc_disabled(&self) -> bool {
+        self.faults
+            .no_idle_gc
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[cfg(not(test))]
+    fn idle_gc_disabled(&self) -> bool {
+        false
+    }
+
+    /// Adds the removal of the oldest sealed frames, up to [`GC_CHUNKS_PER_COMMIT`] chunks (at
+    /// least one frame), to a commit.
+    fn remove_some_garbage(&mut self, batch: &mut WriteBatch) {
+        let mut budget = GC_CHUNKS_PER_COMMIT;
+        let mut removed_any = false;
+        while let Some(&(seq, chunks)) = self.garbage.front() {
+            if removed_any && chunks > budget {
+                break;
+            }
+            frame::remove_from_batch(batch, seq, chunks);
+            self.garbage.pop_front();
+            budget = budget.saturating_sub(chunks);
+            removed_any = true;
+        }
+    }
+
+    fn register(&mut self, plan: &mut CommitPlan, seal: SealPlan) -> Result<(), WalError> {
         let state = &plan.state;
         if seal.from != state.first_unsealed
             || seal.meta.number != state.next_file_number
@@ -466,9 +525,9 @@ impl Planner {
             &layout::segment_key(seal.meta.number),
             layout::encode(&seal.meta, "a segment entry")?,
         );
-        for (seq, chunks) in &seal.removed_frames {
-            frame::remove_from_batch(&mut plan.batch, *seq, *chunks);
-        }
+        // The frames now sealed are garbage: nothing reads below the first unsealed position.
+        // They are removed a little at a time, from this commit on.
+        self.garbage.extend(seal.removed_frames.iter().copied());
         plan.state.first_unsealed = seal.to;
         plan.state.next_file_number += 1;
         plan.state.last_sealed_ts_ms = seal.meta.ts_ms;
@@ -527,7 +586,10 @@ impl Planner {
         if init.last_sealed_ts_ms >= MAX_TS_MS {
             return Err(WalError::InvalidArgument {
                 what: "last_sealed_ts_ms",
-                reason: format!("{} leaves no 13-digit timestamp after it", init.last_sealed_ts_ms),
+                reason: format!(
+                    "{} leaves no 13-digit timestamp after it",
+                    init.last_sealed_ts_ms
+                ),
             });
         }
         let state = &mut plan.state;
@@ -575,7 +637,10 @@ impl Committer {
                     let error = || WalError::Poisoned {
                         cause: cause.clone(),
                     };
-                    replies.into_iter().map(|r| r.replace_success(error)).collect()
+                    replies
+                        .into_iter()
+                        .map(|r| r.replace_success(error))
+                        .collect()
                 }
                 Err(error) => {
                     tracing::error!(error = %error, "WAL commit failed; refusing writes until reopened");
@@ -586,7 +651,10 @@ impl Committer {
                     let error = || WalError::CommitFailed {
                         cause: cause.clone(),
                     };
-                    replies.into_iter().map(|r| r.replace_success(error)).collect()
+                    replies
+                        .into_iter()
+                        .map(|r| r.replace_success(error))
+                        .collect()
                 }
             };
             for reply in replies {

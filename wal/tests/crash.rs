@@ -17,8 +17,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,8 +57,12 @@ fn record(id: u64, index: u64) -> Bytes {
     let n = group_len(id);
     let mut s = format!("g{id}:{index}/{n}:");
     let len = 20 + mix(id * 1000 + index) % 480;
+    // Varied padding compresses poorly, so seals span many chunks and sealed frames take
+    // several commits to remove: kills land in those too.
+    let mut x = mix(id * 1000 + index);
     while (s.len() as u64) < len {
-        s.push(char::from(b'a' + (mix(id + index) % 26) as u8));
+        x = mix(x);
+        s.push(char::from(b'a' + (x % 26) as u8));
     }
     Bytes::from(s)
 }
@@ -120,16 +124,23 @@ fn seal_and_upload_forever(wal: &Wal, dir: &Path) {
     std::fs::create_dir_all(&uploaded).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id().into());
     loop {
-        let max = rng.random_range(2_000..64_000);
+        // Small and large segments, with pauses that let a backlog build up.
+        let max = if rng.random_bool(0.5) {
+            rng.random_range(2_000..64_000)
+        } else {
+            rng.random_range(1_000_000..16_000_000)
+        };
         let now = support::NOW_MS + rng.random_range(0..1000);
-        if wal.seal(max, now).unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wal.seal(max, now).unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(1..200)));
         // Keep a few segments waiting, like an uploader behind.
         while wal.segments().len() > 3 {
             let oldest = wal.segments()[0].number;
             let mut raw = Vec::new();
-            wal.open_segment(oldest).unwrap().read_to_end(&mut raw).unwrap();
+            wal.open_segment(oldest)
+                .unwrap()
+                .read_to_end(&mut raw)
+                .unwrap();
             let target = uploaded.join(format!("{oldest}.json"));
             if let Ok(existing) = std::fs::read(&target)
                 && existing != raw
@@ -153,7 +164,13 @@ struct Round {
 
 fn run_child(dir: &Path, start: u64, rng: &mut impl Rng, wait_for_ack: bool) -> Round {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_ENV, dir)
         .env(START_ENV, start.to_string())
         .stdout(Stdio::piped())
@@ -183,14 +200,20 @@ fn run_child(dir: &Path, start: u64, rng: &mut impl Rng, wait_for_ack: bool) -> 
         let deadline = Instant::now() + DEADLINE;
         while last_acked.load(Ordering::SeqCst) < 0 {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("child exited early with {status}: {}", stderr_reader.join().unwrap());
+                panic!(
+                    "child exited early with {status}: {}",
+                    stderr_reader.join().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "the child acknowledged nothing within {DEADLINE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the child acknowledged nothing within {DEADLINE:?}"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
     // The random moment of the kill.
-    std::thread::sleep(Duration::from_micros(rng.random_range(0..150_000)));
+    std::thread::sleep(Duration::from_micros(rng.random_range(0..300_000)));
     child.kill().expect("SIGKILL the child");
     let status = child.wait().unwrap();
     reader.join().unwrap();
@@ -213,7 +236,18 @@ fn reopen(dir: &Path) -> Wal {
     loop {
         match Wal::open(options(dir)) {
             Ok((wal, report)) => {
-                assert!(report.damaged.is_empty(), "damaged segments after a kill: {report:?}");
+                assert!(
+                    report.damaged.is_empty(),
+                    "damaged segments after a kill: {report:?}"
+                );
+                eprintln!(
+                    "reopened: {} orphan segment files deleted, {} sealed frames pending removal, \
+                     {} records unsealed, {} segments",
+                    report.orphans_deleted.len(),
+                    report.sealed_frames_pending_removal,
+                    report.backlog.records,
+                    report.segments
+                );
                 return wal;
             }
             Err(WalError::Locked { .. }) if Instant::now() < deadline => {
@@ -243,24 +277,37 @@ fn verify(dir: &Path, last_acked: Option<u64>) -> Option<u64> {
                 .count() as u64
         })
         .unwrap_or(0);
-    assert_eq!(uploaded_files, uploaded, "uploaded files are not a gapless run from 1");
+    assert_eq!(
+        uploaded_files, uploaded,
+        "uploaded files are not a gapless run from 1"
+    );
     let segments = wal.segments();
     if let Some(first) = segments.first() {
-        assert!(first.number <= uploaded + 1, "segment {} follows upload {uploaded}", first.number);
+        assert!(
+            first.number <= uploaded + 1,
+            "segment {} follows upload {uploaded}",
+            first.number
+        );
     }
     for meta in &segments {
         let content = support::read_segment(&wal, meta.number);
         if meta.number <= uploaded {
             let sent = std::fs::read(uploaded_dir.join(format!("{}.json", meta.number))).unwrap();
-            assert_eq!(sent, content, "segment {} changed since it was uploaded", meta.number);
+            assert_eq!(
+                sent, content,
+                "segment {} changed since it was uploaded",
+                meta.number
+            );
         } else {
             raw.extend_from_slice(&content);
         }
     }
-    let mut next_number = segments.last().map_or(uploaded + 1, |m| m.number + 1);
-    for meta in support::seal_all(&wal, 256 * 1024) {
-        assert_eq!(meta.number, next_number, "sealed segments must continue the numbering");
-        next_number += 1;
+    let next_number = segments.last().map_or(uploaded + 1, |m| m.number + 1);
+    for (expected, meta) in (next_number..).zip(support::seal_all(&wal, 256 * 1024)) {
+        assert_eq!(
+            meta.number, expected,
+            "sealed segments must continue the numbering"
+        );
         raw.extend_from_slice(&support::read_segment(&wal, meta.number));
     }
     let records = support::lines(&raw);
@@ -275,7 +322,9 @@ fn verify(dir: &Path, last_acked: Option<u64>) -> Option<u64> {
         assert!(
             end <= records.len() && records[at..end] == expected[..],
             "group {id} is not whole at record {at}: found {:?}",
-            records.get(at).map(|r| String::from_utf8_lossy(r).into_owned())
+            records
+                .get(at)
+                .map(|r| String::from_utf8_lossy(r).into_owned())
         );
         if !expected.is_empty() {
             last_with_records = Some(id);

@@ -20,7 +20,10 @@ enum Op {
     Heartbeat,
     RecoverUntil(Option<bool>),
     /// Seal with this byte limit; the clock moves by this many ms (may go back).
-    Seal { max: u64, clock_step: i64 },
+    Seal {
+        max: u64,
+        clock_step: i64,
+    },
     MarkOldestUploaded,
     MarkWrongUploaded,
     Reopen,
@@ -118,34 +121,53 @@ impl Harness {
                     let mut group = Vec::new();
                     for len in lens {
                         let record = content(self.model.next_seq, *len);
-                        self.model
-                            .unsealed
-                            .push_back((self.model.next_seq, record.clone(), before.clone()));
+                        self.model.unsealed.push_back((
+                            self.model.next_seq,
+                            record.clone(),
+                            before.clone(),
+                        ));
                         self.model.next_seq += 1;
                         group.push(record);
                     }
                     if cursor.is_some() {
                         self.model.cursor = cursor.clone();
                     }
-                    pending.push((first_seq, group.len() as u64, appender.append(group, cursor)));
+                    pending.push((
+                        first_seq,
+                        group.len() as u64,
+                        appender.append(group, cursor),
+                    ));
                 }
                 for (first_seq, records, p) in pending {
                     let committed = p.wait().unwrap();
-                    assert_eq!((committed.first_seq, committed.records), (first_seq, records));
+                    assert_eq!(
+                        (committed.first_seq, committed.records),
+                        (first_seq, records)
+                    );
                 }
             }
             Op::Heartbeat => {
                 let cursor = self.new_cursor();
                 self.model.cursor = Some(cursor.clone());
-                self.wal().appender().append(Vec::new(), Some(cursor)).wait().unwrap();
+                self.wal()
+                    .appender()
+                    .append(Vec::new(), Some(cursor))
+                    .wait()
+                    .unwrap();
             }
             Op::RecoverUntil(value) => {
                 let value = match value {
                     None => RecoverUntil::Disabled,
-                    Some(_) => RecoverUntil::Date(format!("2024-06-{:02}", self.model.next_seq % 28 + 1)),
+                    Some(_) => {
+                        RecoverUntil::Date(format!("2024-06-{:02}", self.model.next_seq % 28 + 1))
+                    }
                 };
                 self.model.recover_until = Some(value.clone());
-                self.wal().appender().set_recover_until(value).wait().unwrap();
+                self.wal()
+                    .appender()
+                    .set_recover_until(value)
+                    .wait()
+                    .unwrap();
             }
             Op::Seal { max, clock_step } => {
                 self.model.clock = self.model.clock.saturating_add_signed(*clock_step);
@@ -191,7 +213,10 @@ impl Harness {
                     .map_or(self.model.next_file_number, |s| s.number + 1);
                 let oldest = self.model.segments.front().map(|s| s.number);
                 match self.wal().mark_uploaded(wrong, self.model.clock) {
-                    Err(WalError::NotOldest { requested, oldest: o }) => {
+                    Err(WalError::NotOldest {
+                        requested,
+                        oldest: o,
+                    }) => {
                         assert_eq!((requested, o), (wrong, oldest));
                     }
                     other => panic!("marking {wrong} uploaded gave {other:?}"),
@@ -199,8 +224,7 @@ impl Harness {
             }
             Op::Reopen => {
                 drop(self.wal.take());
-                let (wal, report) =
-                    Wal::open(WalOptions::new(self.dir.path(), 1 << 40)).unwrap();
+                let (wal, report) = Wal::open(WalOptions::new(self.dir.path(), 1 << 40)).unwrap();
                 assert!(report.orphans_deleted.is_empty() && report.damaged.is_empty());
                 assert_eq!(report.segments, self.model.segments.len());
                 self.wal = Some(wal);
@@ -251,8 +275,16 @@ impl Harness {
         assert_eq!(meta.first_record, model.first_record);
         assert_eq!(meta.records, model.records.len() as u64);
         assert_eq!(meta.raw_bytes, ndjson(&model.records).len() as u64);
-        assert_eq!(meta.first_cursor, model.first_cursor, "first cursor of {}", meta.number);
-        assert_eq!(meta.last_cursor, model.last_cursor, "last cursor of {}", meta.number);
+        assert_eq!(
+            meta.first_cursor, model.first_cursor,
+            "first cursor of {}",
+            meta.number
+        );
+        assert_eq!(
+            meta.last_cursor, model.last_cursor,
+            "last cursor of {}",
+            meta.number
+        );
     }
 
     fn check(&self) {
@@ -272,7 +304,11 @@ impl Harness {
         assert_eq!(backlog.records, model.unsealed.len() as u64);
         assert_eq!(
             backlog.raw_bytes,
-            model.unsealed.iter().map(|(_, r, _)| r.len() as u64 + 1).sum::<u64>()
+            model
+                .unsealed
+                .iter()
+                .map(|(_, r, _)| r.len() as u64 + 1)
+                .sum::<u64>()
         );
         let segments = wal.segments();
         assert_eq!(segments.len(), model.segments.len());

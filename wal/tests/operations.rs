@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use bytes::Bytes;
-use support::{NOW_MS, md5, ndjson, open, read_segment, record_of_len, records, seal_all, segment_records};
+use support::{
+    NOW_MS, md5, ndjson, open, read_segment, record_of_len, records, seal_all, segment_records,
+};
 use wal::{
     Group, InitialState, RecoverUntil, StateChange, UploadRecord, Wal, WalError, WalOptions,
 };
@@ -56,7 +58,10 @@ fn dropping_the_wal_releases_the_directory_at_once() {
     for i in 0..20 {
         let (wal, _) = open(tmp.path());
         let appender = wal.appender();
-        appender.append(records("r", i..i + 1), Some(format!("{i}-0"))).wait().unwrap();
+        appender
+            .append(records("r", i..i + 1), Some(format!("{i}-0")))
+            .wait()
+            .unwrap();
         if i % 3 == 0 {
             wal.seal(u64::MAX, NOW_MS).unwrap();
         }
@@ -71,7 +76,9 @@ fn dropping_the_wal_releases_the_directory_at_once() {
 fn a_non_empty_directory_without_the_marker_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("precious.txt"), b"not a WAL").unwrap();
-    let err = Wal::open(WalOptions::new(tmp.path(), 1 << 30)).err().expect("refused");
+    let err = Wal::open(WalOptions::new(tmp.path(), 1 << 30))
+        .err()
+        .expect("refused");
     assert!(matches!(err, WalError::NotAWal { .. }), "{err}");
     assert!(err.to_string().contains("precious.txt"), "{err}");
     // Nothing was written into it.
@@ -86,8 +93,14 @@ fn a_non_empty_directory_without_the_marker_is_refused() {
 #[test]
 fn a_marker_of_another_format_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("WAL_FORMAT"), b"opencti-stream-exporter wal 99\n").unwrap();
-    let err = Wal::open(WalOptions::new(tmp.path(), 1 << 30)).err().expect("refused");
+    std::fs::write(
+        tmp.path().join("WAL_FORMAT"),
+        b"opencti-stream-exporter wal 99\n",
+    )
+    .unwrap();
+    let err = Wal::open(WalOptions::new(tmp.path(), 1 << 30))
+        .err()
+        .expect("refused");
     assert!(matches!(err, WalError::UnsupportedFormat { .. }), "{err}");
 }
 
@@ -128,11 +141,17 @@ fn an_append_without_cursor_leaves_the_cursor() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
     let appender = wal.appender();
-    appender.append(records("a", 0..1), Some("1-0".into())).wait().unwrap();
+    appender
+        .append(records("a", 0..1), Some("1-0".into()))
+        .wait()
+        .unwrap();
     appender.append(records("a", 1..2), None).wait().unwrap();
     assert_eq!(wal.state().cursor.as_deref(), Some("1-0"));
     // A group with no record moves the cursor alone (a heartbeat).
-    appender.append(Vec::new(), Some("9-0".into())).wait().unwrap();
+    appender
+        .append(Vec::new(), Some("9-0".into()))
+        .wait()
+        .unwrap();
     assert_eq!(wal.state().cursor.as_deref(), Some("9-0"));
     assert_eq!(wal.backlog().records, 2);
 }
@@ -165,11 +184,8 @@ fn concurrent_appends_complete_in_call_order() {
     let pending: Vec<_> = (0..500)
         .map(|i| appender.append(records("c", i..i + 1), Some(format!("{i}-0"))))
         .collect();
-    let mut expected_seq = 0;
-    for p in pending {
-        let committed = p.wait().unwrap();
-        assert_eq!(committed.first_seq, expected_seq);
-        expected_seq += 1;
+    for (expected_seq, p) in (0u64..).zip(pending) {
+        assert_eq!(p.wait().unwrap().first_seq, expected_seq);
     }
     assert_eq!(wal.state().cursor.as_deref(), Some("499-0"));
     let meta = wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
@@ -216,7 +232,10 @@ fn state_changes_commit_in_order_with_appends() {
     c.wait().unwrap();
     let state = wal.state();
     assert_eq!(state.recover_until, RecoverUntil::Disabled);
-    assert_eq!(state.extras.get("connector").map(Vec::as_slice), Some(&b"v1"[..]));
+    assert_eq!(
+        state.extras.get("connector").map(Vec::as_slice),
+        Some(&b"v1"[..])
+    );
     appender
         .update(vec![StateChange::RemoveExtra {
             key: "connector".into(),
@@ -244,7 +263,9 @@ fn a_huge_record_is_committed_whole() {
     let meta = wal.seal(1024, NOW_MS).unwrap().unwrap();
     assert_eq!(meta.records, 1);
     assert_eq!(segment_records(&wal, meta.number), vec![huge]);
-    let blobs = std::fs::read_dir(tmp.path().join("db").join("blobs")).unwrap().count();
+    let blobs = std::fs::read_dir(tmp.path().join("db").join("blobs"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 0, "sled wrote blob files");
 }
 
@@ -267,9 +288,15 @@ fn initialize_seeds_a_new_wal_only() {
     assert_eq!(state.next_file_number, 41);
     assert_eq!(state.last_sealed_ts_ms, NOW_MS);
     assert!(!wal.is_new());
-    assert!(matches!(wal.initialize(init.clone()), Err(WalError::NotEmpty { .. })));
+    assert!(matches!(
+        wal.initialize(init.clone()),
+        Err(WalError::NotEmpty { .. })
+    ));
 
-    wal.appender().append(records("i", 0..2), None).wait().unwrap();
+    wal.appender()
+        .append(records("i", 0..2), None)
+        .wait()
+        .unwrap();
     let meta = wal.seal(u64::MAX, NOW_MS - 5).unwrap().unwrap();
     assert_eq!(meta.number, 41);
     assert_eq!(meta.ts_ms, NOW_MS + 1);
@@ -287,10 +314,19 @@ fn initialize_refuses_file_number_zero_and_a_wal_with_history() {
         last_sealed_ts_ms: 0,
         extras: BTreeMap::new(),
     };
-    assert!(matches!(wal.initialize(init.clone()), Err(WalError::InvalidArgument { .. })));
-    wal.appender().append(Vec::new(), Some("1-0".into())).wait().unwrap();
+    assert!(matches!(
+        wal.initialize(init.clone()),
+        Err(WalError::InvalidArgument { .. })
+    ));
+    wal.appender()
+        .append(Vec::new(), Some("1-0".into()))
+        .wait()
+        .unwrap();
     init.next_file_number = 1;
-    assert!(matches!(wal.initialize(init), Err(WalError::NotEmpty { .. })));
+    assert!(matches!(
+        wal.initialize(init),
+        Err(WalError::NotEmpty { .. })
+    ));
 }
 
 // ---------------------------------------------------------------- seal
@@ -300,10 +336,18 @@ fn seal_of_an_empty_wal_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
     assert_eq!(wal.seal(1 << 20, NOW_MS).unwrap(), None);
-    wal.appender().append(Vec::new(), Some("1-0".into())).wait().unwrap();
+    wal.appender()
+        .append(Vec::new(), Some("1-0".into()))
+        .wait()
+        .unwrap();
     assert_eq!(wal.seal(1 << 20, NOW_MS).unwrap(), None);
     assert!(wal.segments().is_empty());
-    assert_eq!(std::fs::read_dir(tmp.path().join("segments")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("segments"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert_eq!(wal.state().next_file_number, 1);
 }
 
@@ -312,7 +356,10 @@ fn seal_records_sizes_and_checksums_of_raw_and_stored_content() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
     let all = records("m", 0..100);
-    wal.appender().append(all.clone(), Some("100-0".into())).wait().unwrap();
+    wal.appender()
+        .append(all.clone(), Some("100-0".into()))
+        .wait()
+        .unwrap();
     let meta = wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
     let raw = ndjson(&all);
     assert_eq!(meta.number, 1);
@@ -342,7 +389,10 @@ fn seal_takes_records_up_to_the_byte_limit_exactly_across_and_inside_groups() {
     for g in 0..3 {
         let group: Vec<Bytes> = (0..4).map(|i| record_of_len(g * 4 + i, 10)).collect();
         all.extend(group.clone());
-        appender.append(group, Some(format!("{g}-0"))).wait().unwrap();
+        appender
+            .append(group, Some(format!("{g}-0")))
+            .wait()
+            .unwrap();
     }
     // 5 records fit in 55 bytes (and not in 54).
     let first = wal.seal(55, NOW_MS).unwrap().unwrap();
@@ -372,7 +422,10 @@ fn seals_cut_a_large_frame_anywhere_and_keep_every_byte() {
     let (wal, _) = Wal::open(options).unwrap();
     // One commit of ~3 MiB: seals of 700 KB cut it several times, far from its start.
     let all: Vec<Bytes> = (0..3000).map(|i| record_of_len(i, 1000 + i % 97)).collect();
-    wal.appender().append(all.clone(), Some("1-0".into())).wait().unwrap();
+    wal.appender()
+        .append(all.clone(), Some("1-0".into()))
+        .wait()
+        .unwrap();
     let metas = seal_all(&wal, 700_000);
     assert!(metas.len() >= 4, "{} segments", metas.len());
     let mut read = Vec::new();
@@ -409,9 +462,15 @@ fn segment_cursors_never_skip_an_unsealed_record() {
     // Queue everything before the writer commits, so it can land in one frame; the cursors must
     // be right whatever the commit boundaries are.
     let pending = vec![
-        appender.append(vec![record_of_len(0, 10), record_of_len(1, 10)], Some("A".into())),
+        appender.append(
+            vec![record_of_len(0, 10), record_of_len(1, 10)],
+            Some("A".into()),
+        ),
         appender.append(vec![record_of_len(2, 10)], None),
-        appender.append(vec![record_of_len(3, 10), record_of_len(4, 10)], Some("B".into())),
+        appender.append(
+            vec![record_of_len(3, 10), record_of_len(4, 10)],
+            Some("B".into()),
+        ),
         appender.append(Vec::new(), Some("heartbeat".into())),
     ];
     for p in pending {
@@ -438,8 +497,14 @@ fn timestamps_strictly_increase_even_when_the_clock_goes_back() {
     let (wal, _) = open(tmp.path());
     let appender = wal.appender();
     let mut stamps = Vec::new();
-    for (i, now) in [NOW_MS, NOW_MS, NOW_MS - 60_000, NOW_MS + 10, 5].into_iter().enumerate() {
-        appender.append(records("t", i..i + 1), None).wait().unwrap();
+    for (i, now) in [NOW_MS, NOW_MS, NOW_MS - 60_000, NOW_MS + 10, 5]
+        .into_iter()
+        .enumerate()
+    {
+        appender
+            .append(records("t", i..i + 1), None)
+            .wait()
+            .unwrap();
         stamps.push(wal.seal(u64::MAX, now).unwrap().unwrap().ts_ms);
     }
     assert_eq!(
@@ -453,7 +518,10 @@ fn timestamps_strictly_increase_even_when_the_clock_goes_back() {
 fn a_clock_before_2001_still_gives_13_digit_timestamps() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
-    wal.appender().append(records("t", 0..1), None).wait().unwrap();
+    wal.appender()
+        .append(records("t", 0..1), None)
+        .wait()
+        .unwrap();
     let meta = wal.seal(u64::MAX, 0).unwrap().unwrap();
     assert_eq!(meta.ts_ms, 1_000_000_000_000);
 }
@@ -487,7 +555,10 @@ fn mark_uploaded_accepts_only_the_oldest_and_deletes_its_file() {
     let (wal, _) = open(tmp.path());
     let appender = wal.appender();
     for i in 0..3 {
-        appender.append(records("u", i..i + 1), None).wait().unwrap();
+        appender
+            .append(records("u", i..i + 1), None)
+            .wait()
+            .unwrap();
         wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
     }
     let numbers: Vec<u64> = wal.segments().iter().map(|m| m.number).collect();
@@ -510,7 +581,10 @@ fn mark_uploaded_accepts_only_the_oldest_and_deletes_its_file() {
             uploaded_at_ms: NOW_MS + 100
         })
     );
-    assert!(matches!(wal.open_segment(1), Err(WalError::UnknownSegment { number: 1 })));
+    assert!(matches!(
+        wal.open_segment(1),
+        Err(WalError::UnknownSegment { number: 1 })
+    ));
     wal.mark_uploaded(2, NOW_MS + 200).unwrap();
     wal.mark_uploaded(3, NOW_MS + 300).unwrap();
     assert!(wal.segments().is_empty());

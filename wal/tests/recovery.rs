@@ -14,16 +14,26 @@ use wal::{SegmentProblem, Wal, WalError, WalOptions};
 fn wal_with_two_segments(dir: &Path) -> Vec<u8> {
     let (wal, _) = open(dir);
     let appender = wal.appender();
-    appender.append(records("one", 0..50), Some("1-0".into())).wait().unwrap();
+    appender
+        .append(records("one", 0..50), Some("1-0".into()))
+        .wait()
+        .unwrap();
     wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
-    appender.append(records("two", 0..50), Some("2-0".into())).wait().unwrap();
+    appender
+        .append(records("two", 0..50), Some("2-0".into()))
+        .wait()
+        .unwrap();
     wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
-    appender.append(records("three", 0..5), Some("3-0".into())).wait().unwrap();
+    appender
+        .append(records("three", 0..5), Some("3-0".into()))
+        .wait()
+        .unwrap();
     read_segment(&wal, 2)
 }
 
 fn segment_file(dir: &Path, number: u64) -> std::path::PathBuf {
-    dir.join("segments").join(format!("{number:020}.ndjson.zst"))
+    dir.join("segments")
+        .join(format!("{number:020}.ndjson.zst"))
 }
 
 #[test]
@@ -34,7 +44,10 @@ fn a_segment_file_without_entry_is_deleted_at_open() {
     let orphan = segment_file(tmp.path(), 3);
     std::fs::copy(segment_file(tmp.path(), 2), &orphan).unwrap();
     // A crash while segment 3 was being written.
-    let tmp_file = tmp.path().join("segments").join(format!("{:020}.ndjson.zst.tmp", 3));
+    let tmp_file = tmp
+        .path()
+        .join("segments")
+        .join(format!("{:020}.ndjson.zst.tmp", 3));
     std::fs::write(&tmp_file, b"partial").unwrap();
     // A file the WAL does not write is left alone.
     let foreign = tmp.path().join("segments").join("notes.txt");
@@ -84,7 +97,10 @@ fn an_entry_whose_file_is_missing_is_reported_and_refused() {
     match wal.open_segment(1) {
         Err(err @ WalError::SegmentDamaged { number: 1, .. }) => {
             let text = err.to_string();
-            assert!(text.contains("segment 1") && text.contains("missing"), "{text}");
+            assert!(
+                text.contains("segment 1") && text.contains("missing"),
+                "{text}"
+            );
         }
         Err(other) => panic!("expected SegmentDamaged, got {other}"),
         Ok(_) => panic!("a missing segment was opened"),
@@ -92,7 +108,10 @@ fn an_entry_whose_file_is_missing_is_reported_and_refused() {
     assert!(wal.open_segment_stored(1).is_err());
     // The rest of the WAL keeps working: segment 2 reads, new records append and seal.
     assert_eq!(support::segment_records(&wal, 2), records("two", 0..50));
-    wal.appender().append(records("four", 0..1), None).wait().unwrap();
+    wal.appender()
+        .append(records("four", 0..1), None)
+        .wait()
+        .unwrap();
     assert_eq!(wal.seal(u64::MAX, NOW_MS).unwrap().unwrap().number, 3);
 }
 
@@ -114,7 +133,10 @@ fn a_truncated_segment_is_reported_at_open() {
             found: full / 2
         }
     );
-    assert!(matches!(wal.open_segment(2), Err(WalError::SegmentDamaged { number: 2, .. })));
+    assert!(matches!(
+        wal.open_segment(2),
+        Err(WalError::SegmentDamaged { number: 2, .. })
+    ));
     // Segment 1 is unaffected.
     assert_eq!(support::segment_records(&wal, 1), records("one", 0..50));
 }
@@ -133,10 +155,18 @@ fn a_segment_truncated_after_open_fails_its_reader_naming_it() {
         .set_len(full - 3)
         .unwrap();
     let mut out = Vec::new();
-    let err = wal.open_segment(2).unwrap().read_to_end(&mut out).unwrap_err();
+    let err = wal
+        .open_segment(2)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("segment 2"), "{err}");
-    let err = wal.open_segment_stored(2).unwrap().read_to_end(&mut out).unwrap_err();
+    let err = wal
+        .open_segment_stored(2)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("segment 2"), "{err}");
 }
@@ -159,7 +189,11 @@ fn a_segment_with_a_bad_checksum_fails_its_readers_naming_it() {
     let (wal, report) = open(tmp.path());
     assert!(report.damaged.is_empty());
     let mut out = Vec::new();
-    let err = wal.open_segment(2).unwrap().read_to_end(&mut out).unwrap_err();
+    let err = wal
+        .open_segment(2)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("segment 2"), "{err}");
     let mut stored = Vec::new();
@@ -183,7 +217,10 @@ fn verify_on_open_reports_a_bad_checksum() {
     assert_eq!(report.damaged.len(), 1);
     assert_eq!(report.damaged[0].number, 2);
     assert_eq!(report.damaged[0].problem, SegmentProblem::BadChecksum);
-    assert!(matches!(wal.open_segment(2), Err(WalError::SegmentDamaged { number: 2, .. })));
+    assert!(matches!(
+        wal.open_segment(2),
+        Err(WalError::SegmentDamaged { number: 2, .. })
+    ));
 }
 
 #[test]
@@ -221,11 +258,18 @@ fn a_segment_replaced_by_another_valid_one_fails_the_md5_check() {
     let one = wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
     appender.append(records("b", 0..50), None).wait().unwrap();
     let two = wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
-    assert_eq!(one.stored_bytes, two.stored_bytes, "test data must compress to equal sizes");
+    assert_eq!(
+        one.stored_bytes, two.stored_bytes,
+        "test data must compress to equal sizes"
+    );
     assert_ne!(one.raw_md5, two.raw_md5);
     std::fs::copy(segment_file(tmp.path(), 1), segment_file(tmp.path(), 2)).unwrap();
     let mut out = Vec::new();
-    let err = wal.open_segment(2).unwrap().read_to_end(&mut out).unwrap_err();
+    let err = wal
+        .open_segment(2)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     let text = err.to_string();
     assert!(text.contains("segment 2") && text.contains("MD5"), "{text}");

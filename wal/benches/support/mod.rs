@@ -8,18 +8,59 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const WORDS: &[&str] = &[
-    "malware", "indicator", "trojan", "loader", "banking", "campaign", "report", "identity",
-    "vulnerability", "attack-pattern", "the", "of", "and", "observed", "network", "domain",
-    "sector", "energy", "phishing", "infrastructure", "command", "control", "server", "actor",
-    "espionage", "ransomware", "credential", "exfiltration", "lateral", "movement", "persistence",
+    "malware",
+    "indicator",
+    "trojan",
+    "loader",
+    "banking",
+    "campaign",
+    "report",
+    "identity",
+    "vulnerability",
+    "attack-pattern",
+    "the",
+    "of",
+    "and",
+    "observed",
+    "network",
+    "domain",
+    "sector",
+    "energy",
+    "phishing",
+    "infrastructure",
+    "command",
+    "control",
+    "server",
+    "actor",
+    "espionage",
+    "ransomware",
+    "credential",
+    "exfiltration",
+    "lateral",
+    "movement",
+    "persistence",
 ];
 
-const TYPES: &[&str] = &["malware", "indicator", "report", "identity", "vulnerability", "relationship"];
+const TYPES: &[&str] = &[
+    "malware",
+    "indicator",
+    "report",
+    "identity",
+    "vulnerability",
+    "relationship",
+];
 
 fn uuid(rng: &mut StdRng) -> String {
     let a: u128 = rng.random();
     let h = format!("{a:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn timestamp(rng: &mut StdRng) -> String {

@@ -59,7 +59,10 @@ pub fn segment_records(wal: &Wal, number: u64) -> Vec<Bytes> {
 
 /// Splits NDJSON into records.
 pub fn lines(raw: &[u8]) -> Vec<Bytes> {
-    assert!(raw.is_empty() || raw.ends_with(b"\n"), "NDJSON must end with a newline");
+    assert!(
+        raw.is_empty() || raw.ends_with(b"\n"),
+        "NDJSON must end with a newline"
+    );
     raw.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(Bytes::copy_from_slice)
