@@ -643,3 +643,16 @@ fn disk_usage_counts_segments_and_the_database_against_the_budget() {
     };
     assert!(tiny.disk_usage().is_full());
 }
+
+#[test]
+fn handles_and_readers_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<Wal>();
+    send_sync::<wal::Appender>();
+    send::<wal::PendingAppend>();
+    // The uploader hands readers to an HTTP client as `Box<dyn Read + Send>`.
+    send::<wal::SegmentReader>();
+    send::<wal::StoredSegmentReader>();
+    send_sync::<wal::WalStats>();
+}
