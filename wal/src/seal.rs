@@ -450,7 +450,8 @@ impl<'scope> SegmentBuilder<'scope> {
             .file
             .into_inner()
             .map_err(|e| WalError::io("writing segment", path, e.into_error()))?;
-        file.sync_all()
+        // fdatasync: content and length; the name is made durable by the directory sync.
+        file.sync_data()
             .map_err(|e| WalError::io("fsyncing segment", path, e))?;
         Ok(SealedContent {
             raw_md5: self.digest.finish()?,
