@@ -107,6 +107,7 @@ mod error;
 mod frame;
 mod layout;
 mod options;
+mod recovery;
 mod seal;
 mod segment;
 mod state;
@@ -118,12 +119,13 @@ mod writer;
 pub use appender::{Appender, Committed, Group, PendingAppend};
 pub use error::{SegmentProblem, WalError};
 pub use options::{DEFAULT_CACHE_BYTES, DEFAULT_MAX_COMMIT_BYTES, DEFAULT_ZSTD_LEVEL, WalOptions};
+pub use recovery::{DamagedSegment, RecoveryReport};
 pub use segment::{SegmentMeta, SegmentReader, StoredSegmentReader};
 pub use state::{
     FIRST_FILE_NUMBER, InitialState, RecoverUntil, StateChange, UploadRecord, WalState,
 };
 pub use usage::{Backlog, DiskUsage, FS_RESERVE_BYTES, WalStats};
-pub use wal::{DamagedSegment, RecoveryReport, Wal};
+pub use wal::Wal;
 
 #[cfg(test)]
 mod fault_tests;
