@@ -2,9 +2,10 @@
 //!
 //! Invariant kept here (DESIGN.md 3, "gapless, ordered files"): a segment is registered only
 //! after its file is complete and durable (written under a temporary name, fsynced, renamed, the
-//! directory fsynced), and registration, the removal of its records and the move of the "first
-//! unsealed" position are one atomic commit. Numbers come from the state (`next_file_number`),
-//! timestamps are `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
+//! directory fsynced), and its registration and the move of the "first unsealed" position (which
+//! takes its records out of the backlog) are one atomic commit; the frames it emptied are removed
+//! by later commits. Numbers come from the state (`next_file_number`), timestamps are
+//! `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
 //!
 //! Speed: a frame taken whole and large enough is copied into the segment as it is stored (a
 //! segment file is a sequence of zstd frames), so sealing costs one decompression and two MD5s
@@ -79,7 +80,7 @@ pub(crate) fn write_segment(request: &SealRequest<'_>) -> Result<Option<SealPlan
 
 fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalError> {
     std::thread::scope(|scope| {
-        let digest = RawDigest::start(scope)
+        let digest = RawDigest::start(scope, tmp)
             .map_err(|e| WalError::io("starting the MD5 thread for segment", tmp, e))?;
         let out = SegmentBuilder::create(tmp, request.zstd_level, digest)?;
         fill(request, tmp, out)
@@ -220,10 +221,12 @@ struct RawDigest<'scope> {
     current: Vec<u8>,
     filled: usize,
     hasher: ScopedJoinHandle<'scope, [u8; 16]>,
+    /// The segment being hashed, for errors.
+    path: PathBuf,
 }
 
 impl<'scope> RawDigest<'scope> {
-    fn start<'env>(scope: &'scope Scope<'scope, 'env>) -> io::Result<Self> {
+    fn start<'env>(scope: &'scope Scope<'scope, 'env>, path: &Path) -> io::Result<Self> {
         let (blocks, queued) = mpsc::sync_channel::<(Vec<u8>, usize)>(DECODE_BLOCKS);
         let (recycle, recycled) = mpsc::channel();
         let hasher = std::thread::Builder::new()
@@ -244,6 +247,7 @@ impl<'scope> RawDigest<'scope> {
             current: vec![0; DECODE_BLOCK_BYTES],
             filled: 0,
             hasher,
+            path: path.to_path_buf(),
         })
     }
 
@@ -264,9 +268,13 @@ impl<'scope> RawDigest<'scope> {
         if self.filled == self.current.len() {
             let next = self.next_block();
             let full = std::mem::replace(&mut self.current, next);
-            self.blocks
+            if self
+                .blocks
                 .send((full, std::mem::take(&mut self.filled)))
-                .map_err(|_| WalError::corrupt("the MD5 thread of the seal stopped"))?;
+                .is_err()
+            {
+                return Err(hasher_stopped(&self.path));
+            }
         }
         Ok(())
     }
@@ -292,18 +300,23 @@ impl<'scope> RawDigest<'scope> {
             current,
             filled,
             hasher,
+            path,
             ..
         } = self;
-        if filled > 0 {
-            blocks
-                .send((current, filled))
-                .map_err(|_| WalError::corrupt("the MD5 thread of the seal stopped"))?;
+        if filled > 0 && blocks.send((current, filled)).is_err() {
+            return Err(hasher_stopped(&path));
         }
         drop(blocks);
-        hasher
-            .join()
-            .map_err(|_| WalError::corrupt("the MD5 thread of the seal panicked"))
+        hasher.join().map_err(|_| hasher_stopped(&path))
     }
+}
+
+fn hasher_stopped(path: &Path) -> WalError {
+    WalError::io(
+        "hashing segment",
+        path,
+        io::Error::other("the MD5 thread stopped unexpectedly"),
+    )
 }
 
 /// The stored bytes: hashed and counted on their way to the file.
@@ -359,13 +372,13 @@ impl<'scope> SegmentBuilder<'scope> {
             .map_err(|e| WalError::io("writing segment", &path, e))?;
         let stream = ChunkStream::new(store, seq, header, Some(&mut self.stored));
         let mut decoder =
-            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, e))?;
+            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, &path, e))?;
         let mut raw = 0u64;
         let mut newlines = 0u64;
         loop {
             let n = decoder
                 .read(self.digest.space())
-                .map_err(|e| frame_error(seq, e))?;
+                .map_err(|e| frame_error(seq, &path, e))?;
             if n == 0 {
                 break;
             }
@@ -373,7 +386,10 @@ impl<'scope> SegmentBuilder<'scope> {
             raw += n as u64;
             self.digest.keep(n)?;
         }
-        decoder.finish().drain().map_err(|e| frame_error(seq, e))?;
+        decoder
+            .finish()
+            .drain()
+            .map_err(|e| frame_error(seq, &path, e))?;
         if raw != header.raw_bytes || newlines != header.records() {
             return Err(WalError::corrupt(format!(
                 "frame {seq} decodes to {raw} bytes and {newlines} lines, its header says {} \
@@ -398,9 +414,10 @@ impl<'scope> SegmentBuilder<'scope> {
         take_bytes: u64,
         take: u64,
     ) -> Result<(), WalError> {
+        let path = self.path.clone();
         let stream = ChunkStream::new(store, seq, header, None);
         let mut decoder =
-            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, e))?;
+            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, &path, e))?;
         let mut to_skip = skip;
         let mut left = take_bytes;
         let mut newlines = 0u64;
@@ -409,7 +426,7 @@ impl<'scope> SegmentBuilder<'scope> {
             let want = if to_skip > 0 { to_skip } else { left }.min(space.len() as u64) as usize;
             let n = decoder
                 .read(&mut space[..want])
-                .map_err(|e| frame_error(seq, e))?;
+                .map_err(|e| frame_error(seq, &path, e))?;
             if n == 0 {
                 return Err(WalError::corrupt(format!(
                     "frame {seq} ends before the {} raw bytes its header promises",
@@ -476,8 +493,15 @@ fn count_newlines(data: &[u8]) -> u64 {
     data.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-fn frame_error(seq: u64, error: io::Error) -> WalError {
-    WalError::corrupt(format!("frame {seq} cannot be read: {error}"))
+/// An error while moving frame `seq` into the segment at `path`: damaged data is corruption,
+/// anything else (a full disk, a read error) an I/O error.
+fn frame_error(seq: u64, path: &Path, error: io::Error) -> WalError {
+    match error.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            WalError::corrupt(format!("frame {seq} cannot be read: {error}"))
+        }
+        _ => WalError::io("moving a WAL frame into segment", path, error),
+    }
 }
 
 #[cfg(test)]

@@ -231,14 +231,10 @@ impl Wal {
         };
         let meta = plan.meta.clone();
         let (reply, answer) = mpsc::channel();
-        if let Err(error) = self.request(Request::Register { plan, reply }, answer) {
-            let path = segment::segment_path(&self.inner.segments_dir, meta.number);
-            // Unregistered, the file is an orphan; the next open would delete it too.
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot delete an unregistered segment");
-            }
-            return Err(error);
-        }
+        // On failure the file stays: whether the registering commit reached the disk is unknown
+        // (a failed fsync may still have written it), and deleting the file of a registered
+        // segment would lose its records. The next open deletes it if no entry names it.
+        self.request(Request::Register { plan, reply }, answer)?;
         tracing::debug!(
             segment = meta.number,
             records = meta.records,
