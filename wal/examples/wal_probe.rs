@@ -4,6 +4,8 @@
 //! constant for the generator.
 //!
 //! `cargo run --release -p wal --example wal_probe -- [records] [group] [in_flight] [seal_mb]`
+//! (defaults 200000 64 64 64). `PROBE_DIR` chooses where the temporary WAL lives (default /tmp),
+//! `PROBE_VERBOSE=1` prints the RSS around every seal.
 
 #[path = "../benches/support/mod.rs"]
 mod support;

@@ -12,6 +12,7 @@ use crate::usage::WalStats;
 
 /// How often the database size is measured when no seal or upload asks for it.
 const SIZE_REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 /// The committer thread's state.
 pub(crate) struct Committer {
     pub store: Arc<Store>,

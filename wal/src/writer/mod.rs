@@ -55,7 +55,7 @@ pub(crate) enum Request {
         group: Group,
         reply: oneshot::Sender<Result<Committed, WalError>>,
     },
-    /// Register a sealed segment and remove the records it holds.
+    /// Register a sealed segment: its records leave the backlog (their frames are removed later).
     Register {
         plan: SealPlan,
         reply: mpsc::Sender<Result<(), WalError>>,
