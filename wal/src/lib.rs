@@ -22,9 +22,10 @@
 //!   commit. sled itself keeps recently written values in memory until its LRU catches up (about
 //!   16 MiB of compressed records, whatever `cache_bytes` says), so the WAL's resident memory is
 //!   about 20 MiB plus up to a quarter of the raw size of the largest segments sealed. Peak RSS of a
-//!   whole process streaming 2 KB records through it (`examples/wal_probe.rs`): 29 MiB with 4 MiB
-//!   segments, 36 MiB with 16 MiB, 50–59 MiB with 64 MiB segments, of which ~15 MiB are glibc
-//!   per-thread arenas (44 MiB with `MALLOC_ARENA_MAX=2`).
+//!   whole process streaming 2 KB records through it (`examples/wal_probe.rs`, several runs):
+//!   29–34 MiB with 4 MiB segments, 35–36 MiB with 16 MiB, 50–59 MiB with 64 MiB segments; it
+//!   varies with how far sled's LRU lags, and glibc's per-thread arenas take part of it
+//!   (`MALLOC_ARENA_MAX=2` gave 44–57 MiB with 64 MiB segments).
 //! - Disk is reported, not enforced: [`Wal::disk_usage`] counts the database and the segments
 //!   against `max_bytes`, and the daemon stops reading when it is full.
 //! - One process at a time: the directory is locked (`LOCK`, `flock`) and marked (`WAL_FORMAT`);
