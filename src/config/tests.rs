@@ -166,7 +166,11 @@ fn export_dir_replaces_the_minio_settings() {
 }
 
 /// Environment, the variable the error must name, and a phrase of the problem.
-type ErrorCase = (Vec<(&'static str, &'static str)>, &'static str, &'static str);
+type ErrorCase = (
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+    &'static str,
+);
 
 #[test]
 fn errors_name_the_variable_and_the_problem() {

@@ -50,6 +50,10 @@ pub struct SimulateArgs {
     /// wall clock, and the log starts at a fixed date (2024-06-10T09:00:00Z).
     #[arg(long)]
     pub deterministic_ids: bool,
+    /// On shutdown, write every data event served (all connections, in order) to this file as a
+    /// JSON array of `[id, type, data.id]`, for an end-to-end check of an export.
+    #[arg(long, value_name = "FILE")]
+    pub served_log: Option<std::path::PathBuf>,
 }
 
 /// Runs a simulator until `shutdown` is cancelled; prints its URL and what it serves.
@@ -77,7 +81,30 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         () = appender => {}
         () = shutdown.cancelled() => {}
     }
+    if let Some(path) = &args.served_log {
+        write_served_log(&handle, path)?;
+    }
     handle.shutdown().await;
+    Ok(())
+}
+
+/// Writes `[id, type, data.id]` of every served data event, in serving order.
+fn write_served_log(handle: &SimulatorHandle, path: &std::path::Path) -> anyhow::Result<()> {
+    let served = handle.served();
+    let events: Vec<[String; 3]> = served
+        .accepted()
+        .flat_map(|connection| connection.events.iter())
+        .map(|event| {
+            [
+                event.key.id.to_string(),
+                event.key.event.name().to_owned(),
+                event.key.data.to_string(),
+            ]
+        })
+        .collect();
+    let json = serde_json::to_vec(&events)?;
+    std::fs::write(path, json)
+        .map_err(|err| anyhow::anyhow!("writing the served log {}: {err}", path.display()))?;
     Ok(())
 }
 

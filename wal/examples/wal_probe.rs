@@ -4,6 +4,8 @@
 //! constant for the generator.
 //!
 //! `cargo run --release -p wal --example wal_probe -- [records] [group] [in_flight] [seal_mb]`
+//! (defaults 200000 64 64 64). `PROBE_DIR` chooses where the temporary WAL lives (default /tmp),
+//! `PROBE_VERBOSE=1` prints the RSS around every seal.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -91,12 +93,19 @@ fn main() {
                 .expect("durable");
         }
         if wal.backlog().raw_bytes >= seal_bytes {
+            let before = proc_status("VmRSS:");
             let t = Instant::now();
             if let Some(meta) = wal.seal(seal_bytes, 1_718_012_346_001).expect("seal") {
                 sealed_raw += meta.raw_bytes;
                 wal.mark_uploaded(meta.number, 0).expect("uploaded");
             }
             seal_time += t.elapsed().as_secs_f64();
+            if std::env::var_os("PROBE_VERBOSE").is_some() {
+                eprintln!(
+                    "seal: VmRSS {before} kB before, {} kB after",
+                    proc_status("VmRSS:")
+                );
+            }
         }
     }
     for p in pending {

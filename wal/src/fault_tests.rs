@@ -120,3 +120,88 @@ fn a_failed_commit_fails_all_its_requests_and_poisons_the_wal() {
         .wait()
         .unwrap();
 }
+
+/// Polls `done` until it holds, for at most ten seconds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// ~6 MiB of poorly compressible records in commits of 1 MiB: sealing them leaves more sealed
+/// chunks than one commit removes.
+fn fill_with_incompressible_frames(wal: &Wal) {
+    let appender = wal.appender();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut pending = Vec::new();
+    for group in 0..6 {
+        let records: Vec<Bytes> = (0..256)
+            .map(|_| {
+                let text: String = (0..4000)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        char::from(b'a' + (state % 26) as u8)
+                    })
+                    .collect();
+                Bytes::from(text)
+            })
+            .collect();
+        pending.push(appender.append(records, Some(format!("{group}-0"))));
+    }
+    for p in pending {
+        p.wait().unwrap();
+    }
+}
+
+#[test]
+fn sealed_frames_are_removed_after_the_seal_even_when_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = open(tmp.path());
+    fill_with_incompressible_frames(&wal);
+    let frames_before = wal.stored_frames();
+    assert!(frames_before.len() >= 6, "{frames_before:?}");
+    wal.seal(u64::MAX, 1_718_012_346_001).unwrap().unwrap();
+    // Nothing else is appended: the writer removes the rest on its own.
+    eventually("removal of sealed frames", || {
+        wal.stored_frames().is_empty()
+    });
+    assert_eq!(wal.backlog().records, 0);
+}
+
+#[test]
+fn sealed_frames_left_by_a_stop_are_removed_after_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let wal = open(tmp.path());
+        wal.faults().no_idle_gc.store(true, Ordering::SeqCst);
+        fill_with_incompressible_frames(&wal);
+        wal.seal(u64::MAX, 1_718_012_346_001).unwrap().unwrap();
+        // The seal's commit removed only its share of the frames; the rest stays until reopened.
+        assert!(!wal.stored_frames().is_empty());
+    }
+    let (wal, report) = Wal::open(WalOptions::new(tmp.path(), 1 << 40)).unwrap();
+    assert!(report.sealed_frames_pending_removal > 0, "{report:?}");
+    assert_eq!(report.backlog.records, 0);
+    let first_unsealed = wal.first_unsealed_frame();
+    assert!(
+        wal.stored_frames().iter().all(|f| *f < first_unsealed),
+        "only sealed frames are left"
+    );
+    eventually("removal of sealed frames", || {
+        wal.stored_frames().is_empty()
+    });
+    // The WAL goes on: new records seal into the next segment.
+    wal.appender()
+        .append(records("after", 3), Some("9-0".into()))
+        .wait()
+        .unwrap();
+    let meta = wal.seal(u64::MAX, 1_718_012_346_001).unwrap().unwrap();
+    assert_eq!((meta.number, meta.records), (2, 3));
+}

@@ -214,11 +214,16 @@ impl BufRead for ChunkStream<'_> {
     }
 }
 
-/// Decodes a frame's raw content.
-pub(crate) fn decoder(
-    stream: ChunkStream<'_>,
-) -> io::Result<zstd::stream::read::Decoder<'static, ChunkStream<'_>>> {
-    zstd::stream::read::Decoder::with_buffer(stream)
+/// Decodes a frame's raw content with a reused decompression context (reset first, so a
+/// previous frame read only in part does not matter).
+pub(crate) fn decoder<'a, 'c>(
+    stream: ChunkStream<'a>,
+    context: &'c mut zstd::zstd_safe::DCtx<'static>,
+) -> io::Result<zstd::stream::read::Decoder<'c, ChunkStream<'a>>> {
+    context
+        .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+        .map_err(|code| io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
+    Ok(zstd::stream::read::Decoder::with_context(stream, context))
 }
 
 #[cfg(test)]

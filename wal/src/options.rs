@@ -27,7 +27,8 @@ pub struct WalOptions {
     /// sled page-cache capacity in bytes.
     pub cache_bytes: u64,
     /// Raw bytes after which the writer stops gathering queued appends into the current commit. A
-    /// single append larger than this is committed alone, whole.
+    /// single append larger than this is committed alone, whole. Up to three commits are in memory
+    /// at once (one syncing, one planned, one being planned).
     pub max_commit_bytes: usize,
     /// zstd level of WAL frames and of recompressed segment parts (1 is fastest; higher levels
     /// trade append and seal throughput for disk).

@@ -154,8 +154,9 @@ impl Store {
         self.db()
             .flush()
             .map_err(|e| store_error("flushing the log", &self.path, e))?;
+        // fdatasync: the data and the size needed to read it back, without the timestamps.
         self.data_file
-            .sync_all()
+            .sync_data()
             .map_err(|e| WalError::io("fsyncing", self.path.join("db"), e))?;
         self.sync_new_blobs()
     }

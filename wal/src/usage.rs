@@ -72,7 +72,8 @@ pub struct WalStats {
     pub raw_bytes: AtomicU64,
     /// Compressed bytes written to the database for them.
     pub stored_bytes: AtomicU64,
-    /// Duration of the last commit (compress, write, flush, fsync) in microseconds.
+    /// Duration of the last commit in microseconds, from the start of its planning (gathering,
+    /// compression) to the end of its fsync.
     pub last_commit_micros: AtomicU64,
     /// Segments sealed.
     pub segments_sealed: AtomicU64,

@@ -1,6 +1,5 @@
 //! The [`Wal`] handle: open and recover, state, seal, drain, budget.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,46 +8,16 @@ use std::thread::JoinHandle;
 use crate::appender::Appender;
 use crate::compress::FrameEncoder;
 use crate::dir::WalDir;
-use crate::error::{SegmentProblem, WalError};
-use crate::frame::FrameHeader;
+use crate::error::WalError;
 use crate::layout::{self, STATE_KEY};
 use crate::options::WalOptions;
+use crate::recovery::{self, RecoveryReport};
 use crate::seal::{self, SealRequest};
-use crate::segment::{self, SegmentFileName, SegmentMeta, SegmentReader, StoredSegmentReader};
+use crate::segment::{self, SegmentMeta, SegmentReader, StoredSegmentReader};
 use crate::state::{InitialState, StoredState, WalState};
 use crate::store::Store;
 use crate::usage::{self, Backlog, DiskUsage, WalStats};
 use crate::writer::{self, Committer, MAX_TS_MS, MIN_TS_MS, Planner, Request, Shared};
-
-/// A segment whose entry exists but whose file is missing or damaged, found at open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DamagedSegment {
-    /// The segment number.
-    pub number: u64,
-    /// Its file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub problem: SegmentProblem,
-}
-
-/// What [`Wal::open`] found and repaired. The daemon should log every damaged segment loudly;
-/// the WAL keeps working (appends, seals of new segments) with them present.
-#[derive(Debug, Clone, Default)]
-pub struct RecoveryReport {
-    /// Whether the WAL was created by this open.
-    pub created: bool,
-    /// Segment files deleted because no entry names them: leftovers of a crash between writing
-    /// a segment and registering it, or between forgetting an uploaded segment and deleting it.
-    pub orphans_deleted: Vec<PathBuf>,
-    /// Files in `segments/` with names the WAL does not write; left alone.
-    pub foreign_files: Vec<PathBuf>,
-    /// Registered segments whose file is missing or damaged.
-    pub damaged: Vec<DamagedSegment>,
-    /// Durable records not sealed yet.
-    pub backlog: Backlog,
-    /// Sealed segments waiting for upload (damaged ones included).
-    pub segments: usize,
-}
 
 /// The write-ahead log. Cheap to clone (an `Arc` inside), `Send + Sync`. The directory stays
 /// locked until the last clone and the last [`Appender`] are dropped; dropping them waits for
@@ -99,29 +68,23 @@ impl Wal {
             Some(bytes) => layout::decode::<StoredState>(&bytes, "the WAL state")?,
             None => StoredState::fresh(),
         };
-        let segments = load_segments(&store, &state)?;
-        let backlog = load_backlog(&store, &state)?;
+        let segments = recovery::load_segments(&store, &state)?;
+        let (backlog, garbage) = recovery::load_frames(&store, &state)?;
         let segments_dir = dir.segments();
         let mut report = RecoveryReport {
             created,
             backlog,
             segments: segments.len(),
+            sealed_frames_pending_removal: garbage.len(),
             ..RecoveryReport::default()
         };
-        clean_segments_dir(&segments_dir, &segments, &mut report)?;
-        let mut damaged = BTreeMap::new();
-        for meta in segments.values() {
-            let path = segment::segment_path(&segments_dir, meta.number);
-            if let Some(problem) = segment::inspect(&path, meta, options.verify_segments_on_open) {
-                tracing::error!(segment = meta.number, path = %path.display(), %problem, "damaged WAL segment");
-                damaged.insert(meta.number, problem.clone());
-                report.damaged.push(DamagedSegment {
-                    number: meta.number,
-                    path,
-                    problem,
-                });
-            }
-        }
+        recovery::clean_segments_dir(&segments_dir, &segments, &mut report)?;
+        let damaged = recovery::inspect_segments(
+            &segments_dir,
+            &segments,
+            options.verify_segments_on_open,
+            &mut report,
+        );
         let sled_bytes = store.size_on_disk()?;
         let segment_bytes = segments.values().map(|m| m.stored_bytes).sum();
         let shared = Arc::new(Mutex::new(Shared {
@@ -144,6 +107,7 @@ impl Wal {
             state,
             backlog,
             segments: writer::lock(&shared).segments.clone(),
+            garbage,
             encoder,
             max_commit_bytes: options.max_commit_bytes as u64,
             dir: dir.path().to_path_buf(),
@@ -267,14 +231,10 @@ impl Wal {
         };
         let meta = plan.meta.clone();
         let (reply, answer) = mpsc::channel();
-        if let Err(error) = self.request(Request::Register { plan, reply }, answer) {
-            let path = segment::segment_path(&self.inner.segments_dir, meta.number);
-            // Unregistered, the file is an orphan; the next open would delete it too.
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot delete an unregistered segment");
-            }
-            return Err(error);
-        }
+        // On failure the file stays: whether the registering commit reached the disk is unknown
+        // (a failed fsync may still have written it), and deleting the file of a registered
+        // segment would lose its records. The next open deletes it if no entry names it.
+        self.request(Request::Register { plan, reply }, answer)?;
         tracing::debug!(
             segment = meta.number,
             records = meta.records,
@@ -391,118 +351,20 @@ impl Wal {
     pub(crate) fn faults(&self) -> &writer::Faults {
         &self.inner.faults
     }
-}
 
-/// Reads every segment entry and checks they are consecutive and below `next_file_number`.
-fn load_segments(
-    store: &Store,
-    state: &StoredState,
-) -> Result<BTreeMap<u64, SegmentMeta>, WalError> {
-    let mut segments = BTreeMap::new();
-    for item in store.scan_prefix(&layout::segment_prefix()) {
-        let (key, value) = item?;
-        let number = layout::parse_numbered_key(&key)
-            .ok_or_else(|| WalError::corrupt(format!("malformed segment key {key:?}")))?;
-        let meta: SegmentMeta = layout::decode(&value, &format!("the entry of segment {number}"))?;
-        if meta.number != number {
-            return Err(WalError::corrupt(format!(
-                "the entry under segment key {number} describes segment {}",
-                meta.number
-            )));
-        }
-        segments.insert(number, meta);
+    /// Sequence numbers of the frames in the database (test helper).
+    #[cfg(test)]
+    pub(crate) fn stored_frames(&self) -> Vec<u64> {
+        self.inner
+            .store
+            .scan_prefix(&layout::frame_header_prefix())
+            .map(|item| layout::parse_numbered_key(&item.unwrap().0).unwrap())
+            .collect()
     }
-    let numbers: Vec<u64> = segments.keys().copied().collect();
-    let consecutive = numbers.windows(2).all(|pair| pair[1] == pair[0] + 1);
-    let below_next = numbers
-        .last()
-        .is_none_or(|last| last + 1 == state.next_file_number);
-    if !consecutive || !below_next {
-        return Err(WalError::corrupt(format!(
-            "segment entries {numbers:?} are not a gapless run ending before the next file \
-             number {}",
-            state.next_file_number
-        )));
-    }
-    Ok(segments)
-}
 
-/// Walks the headers of unsealed frames, checks they are consecutive and agree with the state,
-/// and sums the backlog.
-fn load_backlog(store: &Store, state: &StoredState) -> Result<Backlog, WalError> {
-    let mut backlog = Backlog::default();
-    let mut expected_frame = state.first_unsealed.frame;
-    let mut expected_seq = state.first_unsealed.seq - state.first_unsealed.record;
-    for item in store.scan_prefix(&layout::frame_header_prefix()) {
-        let (key, value) = item?;
-        let seq = layout::parse_numbered_key(&key)
-            .ok_or_else(|| WalError::corrupt(format!("malformed frame key {key:?}")))?;
-        let header: FrameHeader = layout::decode(&value, &format!("the header of frame {seq}"))?;
-        if seq != expected_frame || header.first_seq != expected_seq {
-            return Err(WalError::corrupt(format!(
-                "frame {seq} (first record {}) found where frame {expected_frame} (first record \
-                 {expected_seq}) was expected",
-                header.first_seq
-            )));
-        }
-        if seq == state.first_unsealed.frame {
-            let position = state.first_unsealed;
-            if position.record > header.records()
-                || header.raw_len(0, position.record) != position.raw_offset
-            {
-                return Err(WalError::corrupt(format!(
-                    "the first unsealed position {position:?} does not fit frame {seq}"
-                )));
-            }
-            backlog.records += header.records() - position.record;
-            backlog.raw_bytes += header.raw_bytes - position.raw_offset;
-        } else {
-            backlog.records += header.records();
-            backlog.raw_bytes += header.raw_bytes;
-        }
-        expected_frame += 1;
-        expected_seq += header.records();
+    /// The first frame not wholly sealed (test helper).
+    #[cfg(test)]
+    pub(crate) fn first_unsealed_frame(&self) -> u64 {
+        writer::lock(&self.inner.shared).state.first_unsealed.frame
     }
-    if expected_frame != state.next_frame_seq || expected_seq != state.next_record_seq {
-        return Err(WalError::corrupt(format!(
-            "frames end at frame {expected_frame} and record {expected_seq}, the state says {} \
-             and {}",
-            state.next_frame_seq, state.next_record_seq
-        )));
-    }
-    Ok(backlog)
-}
-
-/// Deletes temporary and orphan segment files and notes foreign ones.
-fn clean_segments_dir(
-    segments_dir: &Path,
-    segments: &BTreeMap<u64, SegmentMeta>,
-    report: &mut RecoveryReport,
-) -> Result<(), WalError> {
-    let entries =
-        std::fs::read_dir(segments_dir).map_err(|e| WalError::io("listing", segments_dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| WalError::io("listing", segments_dir, e))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let orphan = match segment::classify(&name.to_string_lossy()) {
-            SegmentFileName::Sealed(number) => !segments.contains_key(&number),
-            SegmentFileName::Temporary => true,
-            SegmentFileName::Foreign => {
-                tracing::warn!(path = %path.display(), "unknown file among WAL segments, left alone");
-                report.foreign_files.push(path.clone());
-                false
-            }
-        };
-        if orphan {
-            std::fs::remove_file(&path)
-                .map_err(|e| WalError::io("deleting orphan segment file", &path, e))?;
-            tracing::warn!(path = %path.display(), "deleted a segment file no entry names (left by a crash)");
-            report.orphans_deleted.push(path);
-        }
-    }
-    if !report.orphans_deleted.is_empty() {
-        crate::dir::sync_dir(segments_dir)?;
-    }
-    Ok(())
 }

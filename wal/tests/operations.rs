@@ -184,11 +184,8 @@ fn concurrent_appends_complete_in_call_order() {
     let pending: Vec<_> = (0..500)
         .map(|i| appender.append(records("c", i..i + 1), Some(format!("{i}-0"))))
         .collect();
-    let mut expected_seq = 0;
-    for p in pending {
-        let committed = p.wait().unwrap();
-        assert_eq!(committed.first_seq, expected_seq);
-        expected_seq += 1;
+    for (expected_seq, p) in (0u64..).zip(pending) {
+        assert_eq!(p.wait().unwrap().first_seq, expected_seq);
     }
     assert_eq!(wal.state().cursor.as_deref(), Some("499-0"));
     let meta = wal.seal(u64::MAX, NOW_MS).unwrap().unwrap();
@@ -418,6 +415,30 @@ fn seal_takes_records_up_to_the_byte_limit_exactly_across_and_inside_groups() {
 }
 
 #[test]
+fn seals_cut_a_large_frame_anywhere_and_keep_every_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = WalOptions::new(tmp.path(), 1 << 40);
+    options.max_commit_bytes = 8 << 20;
+    let (wal, _) = Wal::open(options).unwrap();
+    // One commit of ~3 MiB: seals of 700 KB cut it several times, far from its start.
+    let all: Vec<Bytes> = (0..3000).map(|i| record_of_len(i, 1000 + i % 97)).collect();
+    wal.appender()
+        .append(all.clone(), Some("1-0".into()))
+        .wait()
+        .unwrap();
+    let metas = seal_all(&wal, 700_000);
+    assert!(metas.len() >= 4, "{} segments", metas.len());
+    let mut read = Vec::new();
+    for meta in &metas {
+        assert!(meta.raw_bytes <= 700_000);
+        let content = read_segment(&wal, meta.number);
+        assert_eq!(meta.raw_md5, md5(&content));
+        read.extend(support::lines(&content));
+    }
+    assert_eq!(read, all);
+}
+
+#[test]
 fn a_record_larger_than_the_limit_is_sealed_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
@@ -621,4 +642,17 @@ fn disk_usage_counts_segments_and_the_database_against_the_budget() {
         Wal::open(WalOptions::new(tmp.path(), 1)).unwrap()
     };
     assert!(tiny.disk_usage().is_full());
+}
+
+#[test]
+fn handles_and_readers_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<Wal>();
+    send_sync::<wal::Appender>();
+    send::<wal::PendingAppend>();
+    // The uploader hands readers to an HTTP client as `Box<dyn Read + Send>`.
+    send::<wal::SegmentReader>();
+    send::<wal::StoredSegmentReader>();
+    send_sync::<wal::WalStats>();
 }
