@@ -21,7 +21,7 @@ pub enum RecoverUntil {
 }
 
 /// The last successful upload, as recorded by [`crate::Wal::mark_uploaded`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
     /// Number of the uploaded segment.
     pub number: u64,
@@ -29,6 +29,10 @@ pub struct UploadRecord {
     pub ts_ms: u64,
     /// When the caller says the upload completed.
     pub uploaded_at_ms: u64,
+    /// The uploaded segment's `last_cursor`: every record appended before this position is in an
+    /// uploaded segment, so resuming from it loses nothing that was uploaded (the stock
+    /// connector's `last_written_msg_id`).
+    pub last_cursor: Option<String>,
 }
 
 /// A snapshot of the durable state. Everything in it was made durable (flush + fsync) together
@@ -153,7 +157,7 @@ impl StoredState {
             recover_until: self.recover_until.clone(),
             next_file_number: self.next_file_number,
             last_sealed_ts_ms: self.last_sealed_ts_ms,
-            last_upload: self.last_upload,
+            last_upload: self.last_upload.clone(),
             extras: self.extras.clone(),
             next_record_seq: self.next_record_seq,
         }

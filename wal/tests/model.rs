@@ -196,6 +196,7 @@ impl Harness {
                             number: oldest.number,
                             ts_ms: oldest.ts_ms,
                             uploaded_at_ms: at,
+                            last_cursor: oldest.last_cursor.clone(),
                         });
                         assert!(!self.wal().segment_path(oldest.number).exists());
                     }

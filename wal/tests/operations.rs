@@ -570,7 +570,10 @@ fn mark_uploaded_accepts_only_the_oldest_and_deletes_its_file() {
         }) => {}
         other => panic!("expected NotOldest, got {other:?}"),
     }
-    let ts_1 = wal.segments()[0].ts_ms;
+    let (ts_1, last_cursor_1) = (
+        wal.segments()[0].ts_ms,
+        wal.segments()[0].last_cursor.clone(),
+    );
     wal.mark_uploaded(1, NOW_MS + 100).unwrap();
     assert!(!wal.segment_path(1).exists());
     assert_eq!(
@@ -578,7 +581,8 @@ fn mark_uploaded_accepts_only_the_oldest_and_deletes_its_file() {
         Some(UploadRecord {
             number: 1,
             ts_ms: ts_1,
-            uploaded_at_ms: NOW_MS + 100
+            uploaded_at_ms: NOW_MS + 100,
+            last_cursor: last_cursor_1,
         })
     );
     assert!(matches!(

@@ -425,6 +425,7 @@ impl Planner {
             number,
             ts_ms: meta.ts_ms,
             uploaded_at_ms,
+            last_cursor: meta.last_cursor.clone(),
         });
         plan.removed.push(number);
         plan.sizes_changed = true;
