@@ -9,6 +9,12 @@
 //! - the committer admits a commit only if `used + commit bytes ≤ max − reserve`, where the
 //!   commit counts at its raw size (what it could weigh at most) and `used` includes an estimate
 //!   of what was committed since the WAL last measured its database;
+//! - that estimate is the raw size of every admitted commit that no fresh measurement is known
+//!   to include. The WAL measures its database after every seal and every upload it records,
+//!   before it answers (wal `DiskUsage`): so when a seal or an upload returns, the measurement
+//!   includes every commit that was durable before it was asked for ([`Budget::measure_mark`],
+//!   [`Budget::measured`]). The database file grows in large steps and never shrinks, so an
+//!   unchanged size says nothing about whether it was measured again;
 //! - when a commit is refused, reading pauses: the stream client syncs and disconnects, and the
 //!   events it had read but that were not committed are read again after the pause, from the
 //!   durable cursor (nothing is lost; the server sends them again);
@@ -39,13 +45,23 @@ pub struct Budget {
     estimate: Mutex<Estimate>,
 }
 
-/// Bytes committed since the database size was last measured, to count them before the WAL
-/// measures again.
+/// Commits counted until a measurement of the database is known to include them. Counters of
+/// raw bytes since start-up; commits become durable in the order they were admitted.
 #[derive(Debug, Default)]
 struct Estimate {
-    measured_sled_bytes: u64,
-    committed_since: u64,
+    /// Every commit admitted.
+    admitted: u64,
+    /// Every commit durable.
+    durable: u64,
+    /// The commits (a prefix of the admitted ones) a fresh measurement includes.
+    measured: u64,
 }
+
+/// Taken before a seal or an upload is recorded: every commit durable at that moment is
+/// included in the measurement the WAL makes before the seal or upload returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "pass it to Budget::measured once the seal or upload returned"]
+pub struct MeasureMark(u64);
 
 impl Budget {
     /// A budget of `max_bytes` keeping `reserve_bytes` (one full file) free for sealing.
@@ -81,14 +97,13 @@ impl Budget {
         self.max_bytes - self.reserve_bytes
     }
 
-    /// Usage as the WAL reports it, plus what was committed since it last measured.
+    /// Usage as the WAL reports it, plus the raw size of the commits its last known measurement
+    /// does not include.
     pub fn estimated_used(&self, usage: &DiskUsage) -> u64 {
-        let mut estimate = self.lock_estimate();
-        if estimate.measured_sled_bytes != usage.sled_bytes {
-            estimate.measured_sled_bytes = usage.sled_bytes;
-            estimate.committed_since = 0;
-        }
-        usage.used().saturating_add(estimate.committed_since)
+        let estimate = self.lock_estimate();
+        usage
+            .used()
+            .saturating_add(estimate.admitted.saturating_sub(estimate.measured))
     }
 
     /// Whether a commit of `raw_bytes` fits. When it does not, reading pauses (logged once).
@@ -101,9 +116,26 @@ impl Budget {
         fits
     }
 
-    /// Records that a commit of `raw_bytes` was made.
+    /// Records that a commit of `raw_bytes` was admitted and handed to the WAL.
     pub fn committed(&self, raw_bytes: u64) {
-        self.lock_estimate().committed_since += raw_bytes;
+        self.lock_estimate().admitted += raw_bytes;
+    }
+
+    /// Records that the oldest commit not yet durable, of `raw_bytes`, is now durable.
+    pub fn durable(&self, raw_bytes: u64) {
+        self.lock_estimate().durable += raw_bytes;
+    }
+
+    /// To take just before asking the WAL to record a seal or an upload.
+    pub fn measure_mark(&self) -> MeasureMark {
+        MeasureMark(self.lock_estimate().durable)
+    }
+
+    /// The seal or upload asked for after `mark` returned: the WAL measured its database since,
+    /// including every commit durable at `mark`, so they no longer count on top of it.
+    pub fn measured(&self, mark: MeasureMark) {
+        let mut estimate = self.lock_estimate();
+        estimate.measured = estimate.measured.max(mark.0);
     }
 
     /// Re-evaluates after space was freed (an upload) or measured again; resumes reading when
@@ -175,14 +207,56 @@ mod tests {
     }
 
     #[test]
-    fn commits_count_until_the_database_is_measured_again() {
+    fn commits_count_until_a_measurement_includes_them() {
         let budget = Budget::new(1000, 200);
         assert!(budget.admit(&usage(100, 0), 400));
         budget.committed(400);
         assert_eq!(budget.estimated_used(&usage(100, 0)), 500);
         assert!(!budget.admit(&usage(100, 0), 400));
-        // A new measurement replaces the estimate.
+        // A different size alone proves nothing: the commit still counts.
+        assert_eq!(budget.estimated_used(&usage(300, 0)), 700);
+        budget.durable(400);
+        let mark = budget.measure_mark();
+        budget.measured(mark);
         assert_eq!(budget.estimated_used(&usage(300, 0)), 300);
+    }
+
+    #[test]
+    fn a_commit_not_durable_at_the_mark_still_counts_after_the_measurement() {
+        let budget = Budget::new(1000, 200);
+        budget.committed(100);
+        budget.durable(100);
+        budget.committed(50);
+        let mark = budget.measure_mark();
+        budget.durable(50);
+        budget.measured(mark);
+        assert_eq!(budget.estimated_used(&usage(100, 0)), 150);
+        // An older mark never undoes a newer one.
+        let newer = budget.measure_mark();
+        budget.measured(newer);
+        budget.measured(mark);
+        assert_eq!(budget.estimated_used(&usage(100, 0)), 100);
+    }
+
+    /// The database file keeps its size while space inside it is reused: reading must resume
+    /// once uploads free the segments, even though every measurement gives the same size.
+    #[test]
+    fn reading_resumes_when_the_database_keeps_the_same_size() {
+        let budget = Budget::new(1000, 100);
+        let accepting = budget.accepting();
+        for _ in 0..4 {
+            assert!(budget.admit(&usage(300, 400), 50));
+            budget.committed(50);
+            budget.durable(50);
+        }
+        // Sealed into segments, which S3 cannot take: full.
+        assert!(!budget.admit(&usage(300, 600), 50));
+        assert!(!*accepting.borrow());
+        // Uploads free the segments; the database measures the same size as before.
+        let mark = budget.measure_mark();
+        budget.measured(mark);
+        assert!(budget.refresh(&usage(300, 0)));
+        assert!(*accepting.borrow());
     }
 
     #[test]

@@ -102,6 +102,7 @@ struct InFlight {
     pending: PendingAppend,
     actions: [u64; 4],
     cursor: Option<String>,
+    raw_bytes: u64,
 }
 
 /// The WAL writer stage. Build with [`Committer::new`], run with [`Committer::run`].
@@ -291,6 +292,7 @@ impl Committer {
         }
         self.budget.committed(packing.raw_bytes);
         let cursor = packing.cursor.clone();
+        let raw_bytes = packing.raw_bytes;
         let pending = self.appender.submit(Group {
             records: packing.records,
             cursor: packing.cursor,
@@ -300,6 +302,7 @@ impl Committer {
             pending,
             actions: packing.actions,
             cursor,
+            raw_bytes,
         });
         while self.in_flight.len() > MAX_IN_FLIGHT {
             self.complete_oldest().await?;
@@ -331,6 +334,7 @@ impl Committer {
         let Some(done) = done else {
             return Ok(());
         };
+        self.budget.durable(done.raw_bytes);
         for (counter, count) in self.stats.events.iter().zip(done.actions) {
             counter.fetch_add(count, Ordering::Relaxed);
         }

@@ -193,6 +193,7 @@ impl Pipeline {
             settings.compactor,
             compactor_wake,
             Arc::clone(&sealed),
+            Arc::clone(&budget),
             Arc::clone(&stats.compactor),
             cancel.clone(),
         ));

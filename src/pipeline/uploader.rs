@@ -343,9 +343,10 @@ impl Uploader {
     async fn mark_done(&self, segment: &SegmentMeta, key: &str, took: Duration) -> bool {
         let wal = self.wal.clone();
         let number = segment.number;
+        let mark = self.budget.measure_mark();
         let marked = tokio::task::spawn_blocking(move || wal.mark_uploaded(number, now_ms())).await;
         match marked {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.budget.measured(mark),
             Ok(Err(err)) => {
                 tracing::error!(file_number = number, error = %err, "cannot record an upload in the WAL");
                 return false;
