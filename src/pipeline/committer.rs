@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc};
 use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
 
 use super::PipelineError;
-use super::budget::Budget;
+use super::budget::{Budget, WalFigures};
 use super::cursor::{CursorTracker, Observed};
 use super::dead_letter::{DeadEvent, DeadLetterFile};
 use crate::ids::{EventId, now_ms};
@@ -282,7 +282,10 @@ impl Committer {
             return Ok(());
         }
         let packing = std::mem::take(&mut self.packing);
-        if !self.budget.admit(&self.wal.disk_usage(), packing.raw_bytes) {
+        if !self
+            .budget
+            .admit(&WalFigures::of(&self.wal), packing.raw_bytes)
+        {
             let dropped = packing.records.len() as u64;
             self.stats
                 .dropped_while_full
@@ -335,6 +338,10 @@ impl Committer {
             return Ok(());
         };
         self.budget.durable(done.raw_bytes);
+        if self.budget.is_paused() {
+            // The last commits in flight may have been all that held reading back.
+            self.budget.refresh(&WalFigures::of(&self.wal));
+        }
         for (counter, count) in self.stats.events.iter().zip(done.actions) {
             counter.fetch_add(count, Ordering::Relaxed);
         }

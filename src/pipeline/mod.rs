@@ -148,9 +148,9 @@ impl Pipeline {
             })?;
         let budget = Arc::new(Budget::new(
             settings.max_bytes,
-            settings.compactor.max_bytes,
+            budget::DATABASE_GROWTH_STEP,
         ));
-        budget.refresh(&wal.disk_usage());
+        budget.refresh(&budget::WalFigures::of(&wal));
         let stats = PipelineStats {
             stream: Arc::new(StreamStats::default()),
             committer: Arc::new(CommitterStats::default()),

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wal::{SegmentMeta, Wal, WalError};
 
-use super::budget::Budget;
+use super::budget::{Budget, WalFigures};
 use super::compactor::sleep_or_cancel;
 use crate::backoff::Backoff;
 use crate::ids::now_ms;
@@ -365,7 +365,7 @@ impl Uploader {
         self.stats
             .upload_ms_total
             .fetch_add(millis, Ordering::Relaxed);
-        self.budget.refresh(&self.wal.disk_usage());
+        self.budget.refresh(&WalFigures::of(&self.wal));
         tracing::info!(
             key,
             file_number = number,
