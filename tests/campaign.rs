@@ -436,12 +436,7 @@ async fn run_campaign(profile: &Profile) {
     }
     world.faults.clear();
     world.faults.release_stalls();
-    let last = world
-        .sim
-        .live_ids()
-        .last()
-        .expect("a live log")
-        .to_string();
+    let last = world.sim.live_ids().last().expect("a live log").to_string();
     {
         let World { s3, daemon, .. } = &mut world;
         let deadline = Instant::now() + profile.drain;

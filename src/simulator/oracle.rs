@@ -326,7 +326,10 @@ mod tests {
         let mut record = ConnectionRecord::new(number, None, RequestInfo::default());
         record.status = 200;
         record.mode = Some(StreamMode::Recovery {
-            from: EventId { ms: from_ms, seq: 0 },
+            from: EventId {
+                ms: from_ms,
+                seq: 0,
+            },
             recover: EventId { ms: 9_000, seq: 0 },
         });
         record.recovery_plan = plan.to_vec();
@@ -368,7 +371,11 @@ mod tests {
         let report = check(&served, &expectation, export.iter().map(|l| l.as_bytes()));
         assert!(report.is_ok(), "{report}");
         // Losing an object the resumed recovery still planned is still a loss.
-        let report = check(&served, &expectation, [line(&a)].iter().map(|l| l.as_bytes()));
+        let report = check(
+            &served,
+            &expectation,
+            [line(&a)].iter().map(|l| l.as_bytes()),
+        );
         assert_eq!(report.losses, 1, "{report}");
     }
 }
