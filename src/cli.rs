@@ -38,6 +38,10 @@ pub enum Command {
     ImportState(ImportStateArgs),
     /// Exit 0 when the local daemon answers /healthz (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Get past a damaged file that blocks uploads (daemon stopped): keep it aside with a record
+    /// of the stream range it held, upload an empty file under its number so the importer's
+    /// numbering stays gapless, and let uploads go on.
+    Quarantine(QuarantineArgs),
 }
 
 /// Options of `status`.
@@ -86,6 +90,14 @@ pub struct ImportStateArgs {
     /// `-` for standard input.
     #[arg(value_name = "STATE")]
     pub state: String,
+}
+
+/// Options of `quarantine`.
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// The number of the damaged file (the oldest waiting; `status` shows it).
+    #[arg(value_name = "FILE_NUMBER")]
+    pub file_number: u64,
 }
 
 /// Options of `healthcheck`.

@@ -85,6 +85,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
             report(commands::import_state::run(&config, &args))
         }
         Command::Healthcheck(args) => report(commands::healthcheck::run(args.port).await),
+        Command::Quarantine(args) => {
+            let (config, _) = match load_config(config_path.as_ref()) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            logging::init(&config.connector.log_level, config.connector.log_format);
+            report(commands::quarantine::run(&config, &args).await)
+        }
     }
 }
 

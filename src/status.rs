@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use wal::{RecoverUntil, Wal};
 
+use crate::commands::quarantine::{self, QuarantineRecord};
 use crate::ids::{EventId, iso};
 
 /// A snapshot of the exporter's durable state.
@@ -41,6 +42,22 @@ pub struct StatusReport {
     pub disk_max_bytes: u64,
     /// Free space on the WAL's filesystem, when known.
     pub fs_available_bytes: Option<u64>,
+    /// Waiting files found missing or damaged (uploads stop at the oldest of them; see
+    /// `quarantine`).
+    #[serde(default)]
+    pub damaged_files: Vec<DamagedFile>,
+    /// Files quarantined so far, with the stream range each held.
+    #[serde(default)]
+    pub quarantined_files: Vec<QuarantineRecord>,
+}
+
+/// A waiting file that cannot be uploaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DamagedFile {
+    /// Its number.
+    pub file_number: u64,
+    /// What is wrong with it.
+    pub problem: String,
 }
 
 /// The last successful upload.
@@ -92,6 +109,15 @@ impl StatusReport {
             disk_used_bytes: usage.used(),
             disk_max_bytes: usage.max_bytes,
             fs_available_bytes: usage.fs_available_bytes,
+            damaged_files: wal
+                .damaged_segments()
+                .into_iter()
+                .map(|(file_number, problem)| DamagedFile {
+                    file_number,
+                    problem: problem.to_string(),
+                })
+                .collect(),
+            quarantined_files: quarantine::records(wal.dir()),
         }
     }
 
@@ -165,6 +191,33 @@ impl StatusReport {
                     .unwrap_or_default()
             ),
         );
+        for damaged in &self.damaged_files {
+            line(
+                &mut out,
+                "DAMAGED file",
+                format!(
+                    "{}: {}; uploads stop before it (see `quarantine`)",
+                    damaged.file_number, damaged.problem
+                ),
+            );
+        }
+        for record in &self.quarantined_files {
+            line(
+                &mut out,
+                "quarantined file",
+                if record.already_uploaded {
+                    format!("{}: already uploaded, nothing lost", record.file_number)
+                } else {
+                    format!(
+                        "{}: {} events lost, stream range after {} up to {}",
+                        record.file_number,
+                        record.events,
+                        record.first_cursor.as_deref().unwrap_or("the beginning"),
+                        record.last_cursor.as_deref().unwrap_or("-")
+                    )
+                },
+            );
+        }
         out
     }
 }

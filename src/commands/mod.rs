@@ -3,5 +3,6 @@
 pub mod demo;
 pub mod healthcheck;
 pub mod import_state;
+pub mod quarantine;
 pub mod status;
 pub mod verify;

@@ -20,7 +20,8 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     }
     match wal::Wal::open(wal::WalOptions::new(&config.wal.dir, config.wal.max_bytes)) {
         Ok((wal, _)) => {
-            let report = StatusReport::from_wal(&wal);
+            let mut report = StatusReport::from_wal(&wal);
+            check_oldest_file(&wal, &mut report);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -32,6 +33,33 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
         Err(err) => {
             Err(err).with_context(|| format!("opening the WAL in {}", config.wal.dir.display()))
         }
+    }
+}
+
+/// Reads the oldest waiting file through (size, zstd and MD5 checks): a file damaged in place
+/// keeps its size, so only reading it finds it, and uploads stop at the oldest one. Costs one
+/// read of at most `WRITE_MAX_BYTES`.
+fn check_oldest_file(wal: &wal::Wal, report: &mut StatusReport) {
+    let Some(oldest) = wal.segments().first().map(|s| s.number) else {
+        return;
+    };
+    if report.damaged_files.iter().any(|d| d.file_number == oldest) {
+        return;
+    }
+    let read = wal
+        .open_segment(oldest)
+        .map_err(|e| e.to_string())
+        .and_then(|mut reader| {
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| e.to_string())
+        });
+    if let Err(problem) = read {
+        report.damaged_files.insert(
+            0,
+            crate::status::DamagedFile {
+                file_number: oldest,
+                problem,
+            },
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use crate::appender::Appender;
 use crate::compress::FrameEncoder;
 use crate::dir::WalDir;
-use crate::error::WalError;
+use crate::error::{SegmentProblem, WalError};
 use crate::layout::{self, STATE_KEY};
 use crate::options::WalOptions;
 use crate::recovery::{self, RecoveryReport};
@@ -250,6 +250,17 @@ impl Wal {
             .segments
             .values()
             .cloned()
+            .collect()
+    }
+
+    /// Registered segments found missing or damaged at open, oldest first, with what is wrong.
+    /// [`Wal::open_segment`] refuses them; they stay registered (and block the uploads behind
+    /// them) until marked uploaded.
+    pub fn damaged_segments(&self) -> Vec<(u64, SegmentProblem)> {
+        writer::lock(&self.inner.shared)
+            .damaged
+            .iter()
+            .map(|(number, problem)| (*number, problem.clone()))
             .collect()
     }
 
