@@ -42,12 +42,19 @@
 //! which happens as uploads delete segments.
 //!
 //! The filesystem's free space counts too: the WAL reports full when fewer than
-//! [`wal::FS_RESERVE_BYTES`] are free, so the database never meets a full disk mid-write.
+//! [`wal::FS_RESERVE_BYTES`] are free, so the database never meets a full disk mid-write. That
+//! space belongs to everyone on the filesystem and comes back without anything happening in the
+//! WAL (another process deletes its files), so while reading is paused [`recheck_while_paused`]
+//! looks again every [`RECHECK_PERIOD`] instead of waiting for an upload that may never come.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use wal::DiskUsage;
 
 /// Fraction of the limit usage must fall to before reading resumes.
@@ -255,6 +262,34 @@ impl Budget {
         self.estimate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How often [`recheck_while_paused`] looks at the disk again while reading is paused.
+pub const RECHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Until `cancel` fires: while reading is paused, re-evaluates the budget every
+/// [`RECHECK_PERIOD`], so space freed outside the WAL resumes reading. Costs one `statvfs` per
+/// period while paused, nothing otherwise.
+pub async fn recheck_while_paused(budget: Arc<Budget>, wal: wal::Wal, cancel: CancellationToken) {
+    let mut accepting = budget.accepting();
+    loop {
+        // Sleep until reading pauses.
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = accepting.wait_for(|accepting| !*accepting) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        while budget.is_paused() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(RECHECK_PERIOD) => {}
+            }
+            budget.refresh(&WalFigures::of(&wal));
+        }
     }
 }
 

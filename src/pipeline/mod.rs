@@ -128,6 +128,7 @@ pub struct Pipeline {
     committer: JoinHandle<Result<(), PipelineError>>,
     compactor: JoinHandle<()>,
     uploader: JoinHandle<()>,
+    budget_recheck: JoinHandle<()>,
 }
 
 impl Pipeline {
@@ -205,6 +206,11 @@ impl Pipeline {
             Arc::clone(&stats.uploader),
         );
         let uploader = tokio::spawn(uploader.run(sealed, cancel.clone()));
+        let budget_recheck = tokio::spawn(budget::recheck_while_paused(
+            Arc::clone(&budget),
+            wal.clone(),
+            cancel.clone(),
+        ));
         Ok(Self {
             stats,
             cancel,
@@ -212,6 +218,7 @@ impl Pipeline {
             committer,
             compactor,
             uploader,
+            budget_recheck,
         })
     }
 
@@ -231,10 +238,12 @@ impl Pipeline {
         let committer = join(self.committer).await;
         let compactor = join(self.compactor).await;
         let uploader = join(self.uploader).await;
+        let budget_recheck = join(self.budget_recheck).await;
         committer??;
         stream?.map_err(PipelineError::Stream)?;
         compactor?;
         uploader?;
+        budget_recheck?;
         Ok(())
     }
 }
