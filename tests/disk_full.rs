@@ -28,7 +28,13 @@ impl Tmpfs {
     fn mount(mib: u64) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output()
             .map_err(|e| format!("running mount: {e}"))?;
@@ -119,7 +125,9 @@ async fn a_full_disk_pauses_reading_keeps_everything_and_recovers_when_space_ret
     .await;
 
     assert!(
-        daemon.log_messages("is full: pausing the stream").is_empty(),
+        daemon
+            .log_messages("is full: pausing the stream")
+            .is_empty(),
         "the disk is not full yet"
     );
     // Another process fills the disk: less than the WAL's reserve (64 MiB) is left.
