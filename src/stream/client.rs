@@ -235,10 +235,7 @@ impl Client {
                 ));
             }
             Ok(Err(error)) => {
-                return Ok(failed(
-                    ReconnectReason::Network,
-                    error.without_url().to_string(),
-                ));
+                return Ok(failed(ReconnectReason::Network, network_detail(error)));
             }
             Ok(Ok(response)) => response,
         };
@@ -310,7 +307,7 @@ impl Client {
                 chunk = body.next(), if queue.len() < max_in_flight => {
                     let chunk = match chunk {
                         None => break (ReconnectReason::Eof, "the server closed the stream".to_owned()),
-                        Some(Err(error)) => break (ReconnectReason::Network, error.without_url().to_string()),
+                        Some(Err(error)) => break (ReconnectReason::Network, network_detail(error)),
                         Some(Ok(chunk)) => chunk,
                     };
                     self.stats.bytes_received.fetch_add(chunk.len() as u64, Relaxed);
@@ -424,6 +421,24 @@ fn frame_has_id(frame: &SseFrame) -> bool {
         SseFrame::Event(event) => event.id.is_some(),
         SseFrame::Oversized(event) => event.id.is_some(),
     }
+}
+
+/// What went wrong with a request, with every cause (reqwest's own message is only the outer
+/// one, such as `error sending request`, hiding a refused certificate or a refused connection),
+/// without the URL.
+pub(super) fn network_detail(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
+    detail
 }
 
 /// `HTTP 401 You are not authorized, ...`: the status and the server's own reason phrase (where

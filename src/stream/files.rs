@@ -153,7 +153,7 @@ impl FileFetcher {
         let response = request
             .send()
             .await
-            .map_err(|error| FileError::Network(error.without_url().to_string()))?;
+            .map_err(|error| FileError::Network(super::client::network_detail(error)))?;
         if response.url().origin() != self.settings.base_url.origin() {
             return Err(FileError::Redirected);
         }
@@ -170,7 +170,7 @@ impl FileFetcher {
         let mut chunks = response.bytes_stream();
         while let Some(chunk) = chunks.next().await {
             let chunk =
-                chunk.map_err(|error| FileError::Network(error.without_url().to_string()))?;
+                chunk.map_err(|error| FileError::Network(super::client::network_detail(error)))?;
             if (body.len() + chunk.len()) as u64 > limit {
                 return Err(FileError::TooLarge { limit });
             }
