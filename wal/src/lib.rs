@@ -106,6 +106,8 @@ mod compress;
 mod dir;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 mod options;
 mod recovery;
