@@ -3,7 +3,7 @@
 //! entry points under libFuzzer for longer; see the README, "Fuzzing"):
 //!
 //! - the SSE framer, on any bytes cut into any chunks: never panics, never hands over an event
-//!   larger than its bound;
+//!   larger than its bound, frames the same wherever the chunks were cut;
 //! - the transform, on any payload: never panics, and a line it produces is one JSON object
 //!   with `id` and `type` and no raw newline;
 //! - the WAL's database decoders, on any bytes: never panic (a damaged database is an error);
@@ -98,8 +98,13 @@ proptest! {
             framer.push(Bytes::copy_from_slice(&bytes[start..point]), &mut frames);
             start = point;
         }
-        frame_sizes(&frames);
         framer.finish();
+        frame_sizes(&frames);
+        let mut whole = SseFramer::new(MAX_EVENT_BYTES);
+        let mut at_once = Vec::new();
+        whole.push(Bytes::copy_from_slice(&bytes), &mut at_once);
+        whole.finish();
+        prop_assert_eq!(frames, at_once, "framing depends on where chunks were cut");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! A directory is accepted when it is missing, empty (a leftover `LOCK` file aside), or carries
 //! the format marker. The marker is written (and synced) before anything else, so a crash during
 //! creation leaves either an empty directory or a WAL, never a directory that is refused later.
+//!
+//! The directory holds every event not yet uploaded, so only its owner may enter it: it is
+//! created with mode 0700, and an existing one with group or other permissions is narrowed to
+//! 0700 once it is known to be a WAL (or empty).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -32,7 +36,14 @@ impl WalDir {
     /// Creates the directory if needed, takes its lock, checks or writes the format marker and
     /// creates `segments/`.
     pub fn open(path: &Path) -> Result<WalDir, WalError> {
-        std::fs::create_dir_all(path).map_err(|e| WalError::io("creating", path, e))?;
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| WalError::io("creating", path, e))?;
+        }
         let lock_path = path.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -53,6 +64,7 @@ impl WalDir {
             }
         }
         check_or_write_format(path)?;
+        restrict_to_owner(path);
         let segments = path.join(SEGMENTS_DIR);
         if !segments.is_dir() {
             std::fs::create_dir_all(&segments)
@@ -73,6 +85,32 @@ impl WalDir {
     /// The folder of sealed segments.
     pub fn segments(&self) -> PathBuf {
         self.path.join(SEGMENTS_DIR)
+    }
+}
+
+/// Narrows `dir` to mode 0700 when group or others have any permission on it. A failure (a
+/// directory owned by someone else) is logged, not fatal.
+fn restrict_to_owner(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(metadata) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = metadata.permissions().mode();
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => tracing::info!(
+            dir = %dir.display(),
+            previous_mode = format!("{:o}", mode & 0o777),
+            "the WAL directory was open to other users: narrowed to 0700"
+        ),
+        Err(error) => tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            %error,
+            "the WAL directory is open to other users and cannot be narrowed to 0700"
+        ),
     }
 }
 
