@@ -2,18 +2,44 @@
 //! `WAL_MAX_BYTES`; when full, the exporter stops reading the stream, drops nothing, and resumes
 //! from its cursor.
 //!
-//! The budget keeps room for one full file (`WRITE_MAX_BYTES`) besides what the committer may
-//! write: sealing a segment briefly needs the segment and the records it holds at once, and the
-//! compactor must always be able to seal, or the WAL could never drain. So:
+//! The budget counts ahead what the WAL will take, so that nothing the WAL does after a commit
+//! was admitted (growing its database, sealing records into segments) can take it past the
+//! budget:
 //!
-//! - the committer admits a commit only if `used + commit bytes ≤ max − reserve`, where the
-//!   commit counts at its raw size (what it could weigh at most) and `used` includes an estimate
-//!   of what was committed since the WAL last measured its database;
-//! - when a commit is refused, reading pauses: the stream client syncs and disconnects, and the
-//!   events it had read but that were not committed are read again after the pause, from the
-//!   durable cursor (nothing is lost; the server sends them again);
-//! - reading resumes once usage falls to `resume_ratio` of the limit (hysteresis, so the client
-//!   does not reconnect for every freed byte), which happens as uploads delete segments.
+//! - **the database**: its size as last measured, plus every admitted commit that no fresh
+//!   measurement includes yet, at raw size (what it can add at most), plus one
+//!   [`DATABASE_GROWTH_STEP`] kept free, because the file grows a whole segment at a time. The
+//!   file never shrinks: sealing frees space inside it, which later commits reuse;
+//! - **the segments**: those on disk, plus every record not sealed yet (the unsealed backlog
+//!   and the commits not yet durable), at raw size, because each will be sealed into a segment
+//!   (zstd never makes NDJSON bigger but by a few bytes of framing) while the database keeps
+//!   its size.
+//!
+//! So a commit of `r` raw bytes is admitted only if that total plus `2 r` (once in the
+//! database, once in a segment) fits in the budget minus the growth step. Usage stays within
+//! `WAL_MAX_BYTES` as long as the database does not grow by more than what is written to it
+//! plus one growth step, which is how sled 0.34 behaves; the end-to-end test
+//! `tests/daemon_budget.rs` measures it.
+//!
+//! The WAL measures its database after every seal and every upload it records, before it
+//! answers (wal `DiskUsage`): so when a seal or an upload returns, the measurement includes
+//! every commit that was durable before it was asked for ([`Budget::measure_mark`],
+//! [`Budget::measured`]). The measured size alone cannot tell: it often stays the same across
+//! measurements, the file growing in large steps.
+//!
+//! Waiting must always be able to free something, or reading would stay paused for good: when
+//! the WAL holds nothing that uploads or seals could free (no segment, no unsealed record, no
+//! commit in flight), a commit is admitted even if it does not fit, alone, and reading resumes.
+//! That happens only when one event is larger than the budget allows, or when the database
+//! file, which never shrinks, grew past the budget during a long outage; usage may then pass
+//! the budget by that much (logged).
+//!
+//! When a commit is refused, reading pauses: the stream client syncs and disconnects, and the
+//! events it had read but that were not committed are read again after the pause, from the
+//! durable cursor (nothing is lost; the server sends them again). Reading resumes once the
+//! count plus the refused commit falls to `RESUME_RATIO` of the limit (hysteresis, so the
+//! client does not reconnect for every freed byte, nor to be refused the same commit again),
+//! which happens as uploads delete segments.
 //!
 //! The filesystem's free space counts too: the WAL reports full when fewer than
 //! [`wal::FS_RESERVE_BYTES`] are free, so the database never meets a full disk mid-write.
@@ -27,6 +53,10 @@ use wal::DiskUsage;
 /// Fraction of the limit usage must fall to before reading resumes.
 const RESUME_RATIO: f64 = 0.9;
 
+/// How much the WAL's database file can grow at once, however small the commit: sled 0.34
+/// extends its file by whole segments, 512 KiB by default (the WAL keeps the default).
+pub const DATABASE_GROWTH_STEP: u64 = 512 * 1024;
+
 /// Shared view of the disk budget: decides admission, and publishes whether the stream may
 /// read (the `accepting` watch the stream client follows).
 #[derive(Debug)]
@@ -36,19 +66,54 @@ pub struct Budget {
     accepting: watch::Sender<bool>,
     paused: AtomicBool,
     pauses: AtomicU64,
+    /// What the refused commit would have counted: reading resumes only with room for it.
+    refused_bytes: AtomicU64,
     estimate: Mutex<Estimate>,
 }
 
-/// Bytes committed since the database size was last measured, to count them before the WAL
-/// measures again.
+/// Commits counted until a measurement of the database is known to include them, and until
+/// they are durable (then the WAL's unsealed backlog counts them). Counters of raw bytes since
+/// start-up; commits become durable in the order they were admitted.
 #[derive(Debug, Default)]
 struct Estimate {
-    measured_sled_bytes: u64,
-    committed_since: u64,
+    /// Every commit admitted.
+    admitted: u64,
+    /// Every commit durable.
+    durable: u64,
+    /// The commits (a prefix of the admitted ones) a fresh measurement includes.
+    measured: u64,
+}
+
+/// Taken before a seal or an upload is recorded: every commit durable at that moment is
+/// included in the measurement the WAL makes before the seal or upload returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "pass it to Budget::measured once the seal or upload returned"]
+pub struct MeasureMark(u64);
+
+/// What the WAL reports, read in this order: the unsealed backlog first, then the disk usage,
+/// so a seal in between is counted twice rather than not at all.
+#[derive(Debug, Clone, Copy)]
+pub struct WalFigures {
+    /// Raw bytes of the durable records not sealed yet (`Wal::backlog`).
+    pub unsealed_bytes: u64,
+    /// Database and segments as last measured (`Wal::disk_usage`).
+    pub usage: DiskUsage,
+}
+
+impl WalFigures {
+    /// Reads them from `wal`.
+    pub fn of(wal: &wal::Wal) -> Self {
+        let unsealed_bytes = wal.backlog().raw_bytes;
+        Self {
+            unsealed_bytes,
+            usage: wal.disk_usage(),
+        }
+    }
 }
 
 impl Budget {
-    /// A budget of `max_bytes` keeping `reserve_bytes` (one full file) free for sealing.
+    /// A budget of `max_bytes` keeping `reserve_bytes` (at most half of it) free besides what it
+    /// counts: [`DATABASE_GROWTH_STEP`] for the WAL.
     pub fn new(max_bytes: u64, reserve_bytes: u64) -> Self {
         let (accepting, _) = watch::channel(true);
         Self {
@@ -57,6 +122,7 @@ impl Budget {
             accepting,
             paused: AtomicBool::new(false),
             pauses: AtomicU64::new(0),
+            refused_bytes: AtomicU64::new(0),
             estimate: Mutex::new(Estimate::default()),
         }
     }
@@ -76,45 +142,87 @@ impl Budget {
         self.pauses.load(Ordering::Relaxed)
     }
 
-    /// Bytes the committer may use: the budget minus the sealing reserve.
+    /// What the counted usage may reach: the budget minus the reserve.
     pub fn limit(&self) -> u64 {
         self.max_bytes - self.reserve_bytes
     }
 
-    /// Usage as the WAL reports it, plus what was committed since it last measured.
-    pub fn estimated_used(&self, usage: &DiskUsage) -> u64 {
-        let mut estimate = self.lock_estimate();
-        if estimate.measured_sled_bytes != usage.sled_bytes {
-            estimate.measured_sled_bytes = usage.sled_bytes;
-            estimate.committed_since = 0;
-        }
-        usage.used().saturating_add(estimate.committed_since)
+    /// What the WAL takes, or will take once every record it holds or is about to hold is
+    /// sealed (see the module documentation).
+    pub fn estimated_used(&self, wal: &WalFigures) -> u64 {
+        let estimate = self.lock_estimate();
+        let unmeasured = estimate.admitted.saturating_sub(estimate.measured);
+        let not_durable = estimate.admitted.saturating_sub(estimate.durable);
+        wal.usage
+            .used()
+            .saturating_add(unmeasured)
+            .saturating_add(wal.unsealed_bytes)
+            .saturating_add(not_durable)
     }
 
-    /// Whether a commit of `raw_bytes` fits. When it does not, reading pauses (logged once).
-    pub fn admit(&self, usage: &DiskUsage, raw_bytes: u64) -> bool {
-        let used = self.estimated_used(usage);
-        let fits = used.saturating_add(raw_bytes) <= self.limit() && !usage.is_full();
-        if !fits {
-            self.pause(used, usage);
+    /// Whether a commit of `raw_bytes` fits (or the WAL holds nothing waiting could free). When
+    /// it does not, reading pauses (logged once).
+    pub fn admit(&self, wal: &WalFigures, raw_bytes: u64) -> bool {
+        let used = self.estimated_used(wal);
+        let counted = raw_bytes.saturating_mul(2);
+        let fits = used.saturating_add(counted) <= self.limit();
+        let admitted = (fits || self.nothing_to_free(wal)) && !short_of_space(&wal.usage);
+        if !admitted {
+            self.refused_bytes.store(counted, Ordering::Relaxed);
+            self.pause(used, &wal.usage);
+        } else if !fits {
+            tracing::warn!(
+                used_bytes = used,
+                commit_bytes = raw_bytes,
+                max_bytes = self.max_bytes,
+                database_bytes = wal.usage.sled_bytes,
+                "over the disk budget (WAL_MAX_BYTES) with nothing left to upload: going on, \
+                 or reading would stop for good; raise WAL_MAX_BYTES"
+            );
         }
-        fits
+        admitted
     }
 
-    /// Records that a commit of `raw_bytes` was made.
+    /// Whether the WAL holds nothing that uploads or seals could free.
+    fn nothing_to_free(&self, wal: &WalFigures) -> bool {
+        let estimate = self.lock_estimate();
+        wal.usage.segment_bytes == 0
+            && wal.unsealed_bytes == 0
+            && estimate.admitted == estimate.durable
+    }
+
+    /// Records that a commit of `raw_bytes` was admitted and handed to the WAL.
     pub fn committed(&self, raw_bytes: u64) {
-        self.lock_estimate().committed_since += raw_bytes;
+        self.lock_estimate().admitted += raw_bytes;
+    }
+
+    /// Records that the oldest commit not yet durable, of `raw_bytes`, is now durable.
+    pub fn durable(&self, raw_bytes: u64) {
+        self.lock_estimate().durable += raw_bytes;
+    }
+
+    /// To take just before asking the WAL to record a seal or an upload.
+    pub fn measure_mark(&self) -> MeasureMark {
+        MeasureMark(self.lock_estimate().durable)
+    }
+
+    /// The seal or upload asked for after `mark` returned: the WAL measured its database since,
+    /// including every commit durable at `mark`, so they no longer count on top of it.
+    pub fn measured(&self, mark: MeasureMark) {
+        let mut estimate = self.lock_estimate();
+        estimate.measured = estimate.measured.max(mark.0);
     }
 
     /// Re-evaluates after space was freed (an upload) or measured again; resumes reading when
     /// usage is low enough. Returns whether reading is allowed.
-    pub fn refresh(&self, usage: &DiskUsage) -> bool {
+    pub fn refresh(&self, wal: &WalFigures) -> bool {
         if !self.is_paused() {
             return true;
         }
-        let used = self.estimated_used(usage);
+        let used = self.estimated_used(wal);
         let resume_at = (self.limit() as f64 * RESUME_RATIO) as u64;
-        if used <= resume_at && !usage.is_full() {
+        let room = used.saturating_add(self.refused_bytes.load(Ordering::Relaxed)) <= resume_at;
+        if (room || self.nothing_to_free(wal)) && !short_of_space(&wal.usage) {
             self.paused.store(false, Ordering::Relaxed);
             self.accepting.send_replace(true);
             tracing::info!(
@@ -143,56 +251,125 @@ impl Budget {
     }
 
     fn lock_estimate(&self) -> std::sync::MutexGuard<'_, Estimate> {
-        // The estimate is two counters: a panic elsewhere cannot leave them inconsistent.
+        // The estimate is three counters: a panic elsewhere cannot leave them inconsistent.
         self.estimate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
+/// The filesystem has less than [`wal::FS_RESERVE_BYTES`] free: nothing may be written, whatever
+/// the budget.
+fn short_of_space(usage: &DiskUsage) -> bool {
+    usage
+        .fs_available_bytes
+        .is_some_and(|free| free < wal::FS_RESERVE_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn usage(sled: u64, segments: u64) -> DiskUsage {
-        DiskUsage {
-            sled_bytes: sled,
-            segment_bytes: segments,
-            max_bytes: 1000,
-            fs_available_bytes: None,
+    fn figures(database: u64, segments: u64, unsealed: u64) -> WalFigures {
+        WalFigures {
+            unsealed_bytes: unsealed,
+            usage: DiskUsage {
+                sled_bytes: database,
+                segment_bytes: segments,
+                max_bytes: 1000,
+                fs_available_bytes: None,
+            },
         }
     }
 
+    /// Admits, hands over and makes durable a commit of `raw` bytes, as the committer does.
+    fn commit(budget: &Budget, wal: &WalFigures, raw: u64) {
+        assert!(budget.admit(wal, raw));
+        budget.committed(raw);
+        budget.durable(raw);
+    }
+
     #[test]
-    fn admission_keeps_the_sealing_reserve_and_pauses_once() {
-        let budget = Budget::new(1000, 200);
+    fn a_commit_counts_twice_and_a_refusal_pauses_once() {
+        let budget = Budget::new(1000, 100);
         let accepting = budget.accepting();
-        assert!(budget.admit(&usage(500, 200), 100));
-        assert!(!budget.admit(&usage(500, 200), 101));
+        assert!(budget.admit(&figures(500, 200, 0), 100));
+        assert!(!budget.admit(&figures(500, 200, 0), 101));
         assert!(!*accepting.borrow());
-        assert!(!budget.admit(&usage(500, 200), 101));
+        assert!(!budget.admit(&figures(500, 200, 0), 101));
         assert_eq!(budget.pauses(), 1);
     }
 
     #[test]
-    fn commits_count_until_the_database_is_measured_again() {
-        let budget = Budget::new(1000, 200);
-        assert!(budget.admit(&usage(100, 0), 400));
-        budget.committed(400);
-        assert_eq!(budget.estimated_used(&usage(100, 0)), 500);
-        assert!(!budget.admit(&usage(100, 0), 400));
-        // A new measurement replaces the estimate.
-        assert_eq!(budget.estimated_used(&usage(300, 0)), 300);
+    fn unsealed_records_count_as_the_segments_they_will_become() {
+        let budget = Budget::new(1000, 100);
+        assert_eq!(budget.estimated_used(&figures(300, 100, 250)), 650);
+        assert!(!budget.admit(&figures(300, 100, 250), 150));
     }
 
     #[test]
-    fn reading_resumes_below_the_hysteresis_mark() {
-        let budget = Budget::new(1000, 200);
+    fn commits_count_until_a_measurement_includes_them() {
+        let budget = Budget::new(1000, 100);
+        assert!(budget.admit(&figures(100, 0, 0), 300));
+        budget.committed(300);
+        // Not durable yet: in the database and in a future segment.
+        assert_eq!(budget.estimated_used(&figures(100, 0, 0)), 700);
+        budget.durable(300);
+        // Durable: the WAL's backlog counts the future segment now.
+        assert_eq!(budget.estimated_used(&figures(100, 0, 300)), 700);
+        // A different size alone proves nothing: the commit still counts.
+        assert_eq!(budget.estimated_used(&figures(200, 0, 300)), 800);
+        let mark = budget.measure_mark();
+        budget.measured(mark);
+        assert_eq!(budget.estimated_used(&figures(200, 0, 300)), 500);
+    }
+
+    #[test]
+    fn a_commit_not_durable_at_the_mark_still_counts_after_the_measurement() {
+        let budget = Budget::new(1000, 100);
+        commit(&budget, &figures(0, 0, 0), 100);
+        budget.committed(50);
+        let mark = budget.measure_mark();
+        budget.durable(50);
+        budget.measured(mark);
+        assert_eq!(budget.estimated_used(&figures(100, 0, 0)), 150);
+        // An older mark never undoes a newer one.
+        let newer = budget.measure_mark();
+        budget.measured(newer);
+        budget.measured(mark);
+        assert_eq!(budget.estimated_used(&figures(100, 0, 0)), 100);
+    }
+
+    /// The database file keeps its size while space inside it is reused: reading must resume
+    /// once uploads free the segments, even though every measurement gives the same size.
+    #[test]
+    fn reading_resumes_when_the_database_keeps_the_same_size() {
+        let budget = Budget::new(1000, 100);
         let accepting = budget.accepting();
-        assert!(!budget.admit(&usage(700, 100), 50));
-        assert!(!budget.refresh(&usage(700, 50)));
+        for _ in 0..4 {
+            commit(&budget, &figures(300, 0, 0), 50);
+        }
+        // Sealed into segments, which S3 cannot take: full.
+        assert!(!budget.admit(&figures(300, 600, 0), 50));
         assert!(!*accepting.borrow());
-        assert!(budget.refresh(&usage(600, 100)));
+        // Uploads free the segments; the database measures the same size as before.
+        let mark = budget.measure_mark();
+        budget.measured(mark);
+        assert!(budget.refresh(&figures(300, 0, 0)));
+        assert!(*accepting.borrow());
+    }
+
+    #[test]
+    fn reading_resumes_below_the_hysteresis_mark_with_room_for_the_refused_commit() {
+        let budget = Budget::new(1000, 100);
+        let accepting = budget.accepting();
+        assert!(!budget.admit(&figures(750, 100, 0), 50));
+        assert!(!budget.refresh(&figures(750, 100, 0)));
+        // Below the mark (810), but not with the refused commit (2 × 50) on top.
+        assert!(!budget.refresh(&figures(700, 100, 0)));
+        assert!(!budget.refresh(&figures(611, 100, 0)));
+        assert!(!*accepting.borrow());
+        assert!(budget.refresh(&figures(610, 100, 0)));
         assert!(*accepting.borrow());
         assert!(!budget.is_paused());
     }
@@ -200,10 +377,32 @@ mod tests {
     #[test]
     fn a_filesystem_short_of_space_is_full_whatever_the_budget() {
         let budget = Budget::new(u64::MAX / 2, 0);
-        let low = DiskUsage {
-            fs_available_bytes: Some(1),
-            ..usage(0, 0)
-        };
+        let mut low = figures(0, 0, 0);
+        low.usage.fs_available_bytes = Some(1);
         assert!(!budget.admit(&low, 1));
+        assert!(!budget.refresh(&low));
+    }
+
+    #[test]
+    fn a_commit_too_big_for_the_budget_goes_alone_when_nothing_else_is_held() {
+        let budget = Budget::new(1000, 100);
+        // Something could still be freed: refused.
+        assert!(!budget.admit(&figures(100, 10, 0), 600));
+        // Nothing is: admitted alone, and reading goes on.
+        assert!(budget.refresh(&figures(100, 0, 0)));
+        assert!(budget.admit(&figures(100, 0, 0), 600));
+        budget.committed(600);
+        // In flight, it holds the next one back.
+        assert!(!budget.admit(&figures(100, 0, 0), 600));
+    }
+
+    /// The database file never shrinks: if an outage made it bigger than the resume mark,
+    /// reading must still resume once everything was uploaded.
+    #[test]
+    fn reading_resumes_when_only_the_database_file_is_left() {
+        let budget = Budget::new(1000, 100);
+        assert!(!budget.admit(&figures(850, 100, 0), 10));
+        assert!(!budget.refresh(&figures(850, 50, 0)));
+        assert!(budget.refresh(&figures(850, 0, 0)));
     }
 }

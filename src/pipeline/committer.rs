@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc};
 use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
 
 use super::PipelineError;
-use super::budget::Budget;
+use super::budget::{Budget, WalFigures};
 use super::cursor::{CursorTracker, Observed};
 use super::dead_letter::{DeadEvent, DeadLetterFile};
 use crate::ids::{EventId, now_ms};
@@ -114,6 +114,7 @@ struct InFlight {
     cursor: Option<String>,
     submitted: Instant,
     submitted_unix_ms: u64,
+    raw_bytes: u64,
 }
 
 /// The WAL writer stage. Build with [`Committer::new`], run with [`Committer::run`].
@@ -293,7 +294,10 @@ impl Committer {
             return Ok(());
         }
         let packing = std::mem::take(&mut self.packing);
-        if !self.budget.admit(&self.wal.disk_usage(), packing.raw_bytes) {
+        if !self
+            .budget
+            .admit(&WalFigures::of(&self.wal), packing.raw_bytes)
+        {
             let dropped = packing.records.len() as u64;
             self.stats
                 .dropped_while_full
@@ -312,6 +316,7 @@ impl Committer {
                 .waiting_since_unix_ms
                 .store(submitted_unix_ms, Ordering::Relaxed);
         }
+        let raw_bytes = packing.raw_bytes;
         let pending = self.appender.submit(Group {
             records: packing.records,
             cursor: packing.cursor,
@@ -323,6 +328,7 @@ impl Committer {
             cursor,
             submitted: Instant::now(),
             submitted_unix_ms,
+            raw_bytes,
         });
         while self.in_flight.len() > MAX_IN_FLIGHT {
             self.complete_oldest().await?;
@@ -361,6 +367,11 @@ impl Committer {
         self.stats
             .durable_latency
             .observe(done.submitted.elapsed().as_secs_f64());
+        self.budget.durable(done.raw_bytes);
+        if self.budget.is_paused() {
+            // The last commits in flight may have been all that held reading back.
+            self.budget.refresh(&WalFigures::of(&self.wal));
+        }
         for (counter, count) in self.stats.events.iter().zip(done.actions) {
             counter.fetch_add(count, Ordering::Relaxed);
         }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
+use super::budget::Budget;
 use crate::backoff::Backoff;
 use crate::ids::now_ms;
 
@@ -36,12 +37,14 @@ pub struct CompactorSettings {
 }
 
 /// Seals segments until `cancel` fires. `wake` is notified by the committer when a full file is
-/// waiting; `sealed` is notified after each seal (the uploader waits on it).
+/// waiting; `sealed` is notified after each seal (the uploader waits on it). Each seal tells
+/// `budget` that the WAL measured its database again.
 pub async fn run(
     wal: Wal,
     settings: CompactorSettings,
     wake: Arc<Notify>,
     sealed: Arc<Notify>,
+    budget: Arc<Budget>,
     stats: Arc<CompactorStats>,
     cancel: CancellationToken,
 ) {
@@ -54,10 +57,12 @@ pub async fn run(
         if full_file_waiting || interval_over {
             let sealing = wal.clone();
             let max_bytes = settings.max_bytes;
+            let mark = budget.measure_mark();
             let result =
                 tokio::task::spawn_blocking(move || sealing.seal(max_bytes, now_ms())).await;
             match result {
                 Ok(Ok(Some(segment))) => {
+                    budget.measured(mark);
                     backoff.reset();
                     stats.sealed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(

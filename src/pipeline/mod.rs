@@ -141,7 +141,7 @@ impl PipelineStats {
             uploader: Arc::new(UploaderStats::default()),
             budget: Arc::new(Budget::new(
                 settings.max_bytes,
-                settings.compactor.max_bytes,
+                budget::DATABASE_GROWTH_STEP,
             )),
         }
     }
@@ -189,7 +189,7 @@ impl Pipeline {
                 source,
             })?;
         let budget = Arc::clone(&stats.budget);
-        budget.refresh(&wal.disk_usage());
+        budget.refresh(&budget::WalFigures::of(&wal));
         let compactor_wake = Arc::new(Notify::new());
         let sealed = Arc::new(Notify::new());
         let (items_tx, items_rx) = mpsc::channel(settings.queue_size.max(1));
@@ -225,6 +225,7 @@ impl Pipeline {
             settings.compactor,
             compactor_wake,
             Arc::clone(&sealed),
+            Arc::clone(&budget),
             Arc::clone(&stats.compactor),
             cancel.clone(),
         ));

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wal::{SegmentMeta, Wal, WalError};
 
-use super::budget::Budget;
+use super::budget::{Budget, WalFigures};
 use super::compactor::sleep_or_cancel;
 use crate::backoff::Backoff;
 use crate::ids::now_ms;
@@ -346,9 +346,10 @@ impl Uploader {
     async fn mark_done(&self, segment: &SegmentMeta, key: &str, took: Duration) -> bool {
         let wal = self.wal.clone();
         let number = segment.number;
+        let mark = self.budget.measure_mark();
         let marked = tokio::task::spawn_blocking(move || wal.mark_uploaded(number, now_ms())).await;
         match marked {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.budget.measured(mark),
             Ok(Err(err)) => {
                 tracing::error!(file_number = number, error = %err, "cannot record an upload in the WAL");
                 return false;
@@ -368,7 +369,7 @@ impl Uploader {
             .upload_ms_total
             .fetch_add(millis, Ordering::Relaxed);
         self.stats.duration.observe(took.as_secs_f64());
-        self.budget.refresh(&self.wal.disk_usage());
+        self.budget.refresh(&WalFigures::of(&self.wal));
         tracing::info!(
             key,
             file_number = number,

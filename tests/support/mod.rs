@@ -2,6 +2,7 @@
 //! throwaway certificate authority. Each test file uses only part of it.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod proxy;
 pub mod s3;
 pub mod tls;
