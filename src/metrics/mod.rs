@@ -110,6 +110,7 @@ catalogue! {
     "stream_exporter_file_downloads_total" "counter" ["outcome"] "Attached file downloads, by outcome (ok, failed, refused, too_large).";
     "stream_exporter_file_download_bytes_total" "counter" [] "Bytes of attached files downloaded.";
     "stream_exporter_opencti_registered" "gauge" [] "1 once the connector is registered on OpenCTI.";
+    "stream_exporter_opencti_register_errors_total" "counter" [] "Registration attempts that failed (retried in the background).";
     "stream_exporter_state_resets_total" "counter" [] "State resets requested from the OpenCTI UI and honoured.";
 }
 
@@ -468,6 +469,10 @@ fn encode_all(view: &DaemonView, out: &mut Out<'_, '_>) -> fmt::Result {
     out.gauge(
         "stream_exporter_opencti_registered",
         flag(view.api.registered.load(Relaxed)),
+    )?;
+    out.counter(
+        "stream_exporter_opencti_register_errors_total",
+        view.api.register_errors.load(Relaxed),
     )?;
     out.counter(
         "stream_exporter_state_resets_total",
