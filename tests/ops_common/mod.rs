@@ -95,6 +95,13 @@ pub async fn wait_for_answer(port: u16, path: &str, status: u16, timeout: Durati
     }
 }
 
+/// The `/status` JSON, or `None` while nothing answers (for polling).
+pub async fn try_status(port: u16) -> Option<serde_json::Value> {
+    get_json(port, "/status")
+        .await
+        .and_then(|(code, value)| (code == 200).then_some(value))
+}
+
 /// The `/status` JSON of the running daemon.
 pub async fn status(port: u16) -> serde_json::Value {
     let (code, value) = get_json(port, "/status")
