@@ -502,3 +502,53 @@ pub fn catalogue_markdown() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_view;
+
+    #[test]
+    fn a_scrape_writes_every_family_of_the_catalogue_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = Metrics::new(test_view(dir.path()))
+            .render()
+            .expect("encodes");
+        assert!(text.ends_with("# EOF\n"));
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .map(|rest| rest.split(' ').next().unwrap_or_default())
+            .collect();
+        let expected: Vec<&str> = CATALOGUE
+            .iter()
+            .map(|doc| match doc.kind {
+                "counter" => doc.name.trim_end_matches("_total"),
+                _ => doc.name,
+            })
+            .collect();
+        assert_eq!(families, expected);
+        assert!(text.contains("\nprocessed_messages_total{name=\"test\",action=\"merge\"} 0\n"));
+        assert!(text.contains("\nwritten_files_total{name=\"test\"} 0\n"));
+        // A fresh WAL has no cursor time and no stream yet: those gauges have no sample.
+        assert!(!text.contains("\nstream_exporter_stream_lag_seconds "));
+        assert!(!text.contains("\nstream_exporter_stream_last_event_age_seconds "));
+    }
+
+    #[test]
+    fn the_catalogue_names_are_unique_and_the_table_has_a_row_each() {
+        let mut names: Vec<&str> = CATALOGUE.iter().map(|doc| doc.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CATALOGUE.len());
+        for doc in CATALOGUE {
+            assert_eq!(
+                doc.kind == "counter",
+                doc.name.ends_with("_total"),
+                "{}",
+                doc.name
+            );
+        }
+        assert_eq!(catalogue_markdown().lines().count(), CATALOGUE.len() + 2);
+    }
+}

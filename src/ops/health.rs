@@ -80,3 +80,47 @@ pub fn readiness(view: &DaemonView) -> Readiness {
         disk_budget_full,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_view;
+
+    #[test]
+    fn a_group_waiting_too_long_to_be_durable_means_wedged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let view = test_view(dir.path());
+        let now = 1_000_000_000;
+        assert!(liveness(&view, now).healthy, "nothing waiting");
+        let committer = &view.pipeline.committer;
+        committer.waiting_since_unix_ms.store(now - 5_000, Relaxed);
+        let alive = liveness(&view, now);
+        assert!(alive.healthy);
+        assert_eq!(alive.oldest_pending_commit_seconds, 5.0);
+        let wedged_since = now - WEDGED_AFTER.as_millis() as u64 - 1_000;
+        committer.waiting_since_unix_ms.store(wedged_since, Relaxed);
+        let wedged = liveness(&view, now);
+        assert!(!wedged.healthy);
+        assert!(wedged.problem.is_some_and(|p| p.contains("not durable")));
+    }
+
+    #[test]
+    fn ready_only_while_connected_with_a_writable_wal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let view = test_view(dir.path());
+        assert!(!readiness(&view).ready, "not connected yet");
+        view.pipeline.stream.connected.store(true, Relaxed);
+        assert_eq!(
+            readiness(&view),
+            Readiness {
+                ready: true,
+                stream_connected: true,
+                wal_writable: true,
+                disk_budget_full: false,
+            }
+        );
+        view.wal_stats.commit_failures.store(1, Relaxed);
+        let failed = readiness(&view);
+        assert!(!failed.ready && !failed.wal_writable);
+    }
+}

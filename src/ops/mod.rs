@@ -99,3 +99,37 @@ impl DaemonView {
         }
     }
 }
+
+/// A view over a fresh WAL in a test directory, with fresh counters.
+#[cfg(test)]
+pub(crate) fn test_view(dir: &std::path::Path) -> DaemonView {
+    use std::time::Duration;
+
+    use crate::pipeline::PipelineSettings;
+    use crate::pipeline::compactor::CompactorSettings;
+    use crate::pipeline::uploader::UploaderSettings;
+
+    let (wal, _) = Wal::open(wal::WalOptions::new(dir, 1 << 30)).expect("a WAL in a temp dir");
+    let settings = PipelineSettings {
+        compactor: CompactorSettings {
+            every: Duration::from_secs(1),
+            max_bytes: 1 << 20,
+        },
+        uploader: UploaderSettings {
+            folder: "f".into(),
+            compression: crate::sink::Compression::None,
+            backoff_max: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+        },
+        queue_size: 10,
+        max_bytes: 1 << 30,
+        dead_letter_max_bytes: 1 << 20,
+    };
+    DaemonView::new(
+        "test".into(),
+        wal,
+        PipelineStats::new(&settings),
+        Arc::new(ApiStats::default()),
+    )
+}

@@ -265,6 +265,90 @@ mod tests {
         }
     }
 
+    /// Log output captured from the current thread's subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    /// Polls until the captured text contains `needle` (at most 10 s).
+    async fn wait_for(logs: &Captured, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !logs.text().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the logs: {}",
+                logs.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_task_logs_a_draining_backlog_then_its_end() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let view = crate::ops::test_view(dir.path());
+        let line = bytes::Bytes::from(vec![b'x'; 1000]);
+        for n in 0..5u64 {
+            view.wal
+                .appender()
+                .append(vec![line.clone(); 10], Some(format!("{n}-1")))
+                .await
+                .expect("durable");
+            view.wal
+                .seal(1 << 20, 1_718_000_000_000 + n)
+                .expect("sealed")
+                .expect("a segment");
+        }
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(view.clone(), Duration::from_millis(20), cancel.clone()));
+        // Files leave as if uploaded: the uploader's byte counter moves with them.
+        let upload = |count: usize| {
+            for segment in view.wal.segments().into_iter().take(count) {
+                view.wal
+                    .mark_uploaded(segment.number, now_ms())
+                    .expect("marked");
+                view.pipeline
+                    .uploader
+                    .bytes
+                    .fetch_add(segment.raw_bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        upload(1);
+        wait_for(&logs, "draining the backlog: 4 files (39.1 KiB) left").await;
+        upload(4);
+        wait_for(&logs, "the backlog of files is drained").await;
+        cancel.cancel();
+        task.await.expect("the task stops");
+        assert!(logs.text().contains("empty in about"), "{}", logs.text());
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(human_duration(Duration::from_secs(12)), "12 s");
