@@ -288,3 +288,45 @@ async fn a_state_reset_from_the_ui_restarts_the_stream_with_recovery_and_keeps_t
     );
     assert_eq!(daemon.errors(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_wal_under_a_connector_that_already_wrote_files_is_warned_about() {
+    let sim = start_simulator(simulator_config(404, 100)).await;
+    // What the stock connector left on the platform.
+    sim.set_connector_state(Some(
+        json!({"start_from": "1718010000050-0", "last_written_msg_id": "1718010000040-0",
+               "recover_until": RECOVER_STOCK, "file_count": 41})
+        .to_string(),
+    ));
+    let export = tempfile::tempdir().expect("export dir");
+    let harness = Harness::new(&sim)
+        .export_dir(export.path())
+        .live_log_only(&sim)
+        .set("OPENCTI_PING_INTERVAL_SEC", "1");
+    let mut daemon = harness.spawn();
+    wait_until("the warning", secs(20), || {
+        !daemon
+            .log_messages("this WAL starts numbering again")
+            .is_empty()
+    })
+    .await;
+    let warning = &daemon.log_messages("this WAL starts numbering again")[0];
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["platform_file_count"], 41);
+    assert!(
+        warning["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("import-state") && m.contains("expects file 42")),
+        "{warning}"
+    );
+    // The exporter's own state replaces the stock one at the next ping (the WAL is the truth).
+    wait_until("our state on the platform", secs(20), || {
+        sim.connector_state()
+            .and_then(|state| serde_json::from_str::<serde_json::Value>(&state).ok())
+            .is_some_and(|state| state["start_from"] != "1718010000050-0")
+    })
+    .await;
+    assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
+}
+
+const RECOVER_STOCK: &str = "2024-06-10T08:00:00Z";
