@@ -355,7 +355,9 @@ impl Task {
             return;
         }
         let hint = match error {
-            ApiError::Unauthorized(_) | ApiError::InvalidToken => {
+            ApiError::Unauthorized(_)
+            | ApiError::InvalidToken
+            | ApiError::Status { status: 401 | 403 } => {
                 "check OPENCTI_TOKEN and the user's rights (connectors need the CONNECTORAPI capability)"
             }
             ApiError::Network(_) | ApiError::Timeout(_) => {
