@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -275,16 +274,11 @@ async fn run_pipeline(
         let waiting = pipeline.wait();
         tokio::pin!(waiting);
         let request = tokio::select! {
-            result = &mut waiting => {
-                stats.stream.connected.store(false, Relaxed);
-                return Ok(result?);
-            }
+            result = &mut waiting => return Ok(result?),
             Some(request) = resets.recv() => request,
         };
         pipeline_cancel.cancel();
         let stopped = waiting.await;
-        // A stream cancelled mid-connection leaves its flag set.
-        stats.stream.connected.store(false, Relaxed);
         if let Err(error) = stopped {
             let _ = request.done.send(Err(error.to_string()));
             return Err(error.into());
