@@ -552,3 +552,15 @@ mod tests {
         assert_eq!(catalogue_markdown().lines().count(), CATALOGUE.len() + 2);
     }
 }
+
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn the_readme_shows_the_metric_catalogue() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&super::catalogue_markdown()),
+            "README.md's metric table differs from metrics::CATALOGUE; paste catalogue_markdown()"
+        );
+    }
+}
