@@ -63,8 +63,8 @@ pub struct VerifyArgs {
     /// Key prefix to verify inside --dir (defaults to MINIO_FOLDER when configured).
     #[arg(long, value_name = "FOLDER")]
     pub folder: Option<String>,
-    /// Accept event ids going back (expected once after a state reset from the OpenCTI UI,
-    /// which replays the stream from its start); they are still listed.
+    /// Accept event ids going back, as happens where the server sent events again (a state reset
+    /// from the OpenCTI UI, a reconnection during a first-run recovery); they are still listed.
     #[arg(long)]
     pub allow_id_rewinds: bool,
 }

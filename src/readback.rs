@@ -40,9 +40,11 @@ pub struct ReadbackReport {
     pub by_type: [u64; 5],
     /// Problems: numbering gaps and order, bad names, bad encodings, bad lines.
     pub problems: Vec<Problem>,
-    /// Lines whose id is before the previous line's. The importer reads them fine, but outside
-    /// a state reset (which replays the stream from its start) they mean events went out of
-    /// order.
+    /// Lines whose id is before the previous line's. The importer reads them fine. They are
+    /// expected where the server sent events again: a state reset from the UI (the stream
+    /// replays from its start), or a reconnection during a first-run recovery (it resumes at the
+    /// boundary object, inclusive, after dependencies with later ids were kept). Anywhere else
+    /// they mean events went out of order.
     pub id_rewinds: Vec<Problem>,
     /// Whether reading stopped early where the importer would stop (a numbering problem).
     pub stopped_early: bool,

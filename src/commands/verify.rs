@@ -96,7 +96,8 @@ fn print_text(destination: &str, prefix: &str, report: &ReadbackReport, allow_re
         let verdict = if allow_rewinds {
             "accepted (--allow-id-rewinds)"
         } else {
-            "events out of order, unless a state reset replayed the stream (--allow-id-rewinds)"
+            "events out of order, unless the server sent them again (a state reset, a reconnection \
+             during recovery: --allow-id-rewinds)"
         };
         println!("id rewinds    {}: {verdict}", report.id_rewinds.len());
         print_list(&report.id_rewinds);

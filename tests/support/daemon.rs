@@ -596,7 +596,12 @@ impl Export {
             first_line.insert(file.key.as_str(), line);
             line += split_lines(std::slice::from_ref(file)).len();
         }
-        for problem in &self.readback.problems {
+        for problem in self
+            .readback
+            .problems
+            .iter()
+            .chain(&self.readback.id_rewinds)
+        {
             let at = problem
                 .line
                 .map(|in_file| first_line[problem.key.as_str()] + in_file - 1);
