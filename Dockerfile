@@ -3,15 +3,14 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, so they stay cached while the sources change.
-COPY Cargo.toml Cargo.lock ./
-COPY wal/Cargo.toml wal/Cargo.toml
-RUN mkdir -p src wal/src benches examples \
- && echo 'fn main() {}' > src/main.rs && touch src/lib.rs wal/src/lib.rs \
- && cargo fetch --locked
 COPY . .
-RUN cargo build --release --locked --bin opencti-stream-exporter \
- && strip target/release/opencti-stream-exporter
+# The registry and target caches survive between builds (BuildKit); the binary is copied out of
+# the cached target directory in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin opencti-stream-exporter \
+ && install -D -m 0755 target/release/opencti-stream-exporter /out/opencti-stream-exporter \
+ && strip /out/opencti-stream-exporter
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -20,7 +19,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 exporter \
  && useradd --system --uid 10001 --gid exporter --home-dir /data --shell /usr/sbin/nologin exporter \
  && mkdir -p /data && chown exporter:exporter /data && chmod 0700 /data
-COPY --from=build /src/target/release/opencti-stream-exporter /usr/local/bin/opencti-stream-exporter
+COPY --from=build /out/opencti-stream-exporter /usr/local/bin/opencti-stream-exporter
 ENV WAL_DIR=/data \
     CONNECTOR_TYPE=STREAM \
     CONNECTOR_METRICS_PORT=9095

@@ -67,6 +67,10 @@ pub struct VerifyArgs {
     /// Key prefix to verify inside --dir (defaults to MINIO_FOLDER when configured).
     #[arg(long, value_name = "FOLDER")]
     pub folder: Option<String>,
+    /// Accept event ids going back, as happens where the server sent events again (a state reset
+    /// from the OpenCTI UI, a reconnection during a first-run recovery); they are still listed.
+    #[arg(long)]
+    pub allow_id_rewinds: bool,
 }
 
 /// Options of `demo`.

@@ -1,18 +1,31 @@
 //! Wiring: builds every part of the daemon from the validated [`Config`] and runs it until a
 //! shutdown signal. No stage logic lives here.
+//!
+//! Besides the pipeline, the daemon runs the operations tasks — the HTTP endpoint
+//! ([`crate::ops::http`]), the progress line ([`crate::ops::progress`]) and the OpenCTI API task
+//! ([`crate::opencti_api`]) — which only read the pipeline's counters and the WAL, and stop after
+//! the pipeline. A state reset requested from OpenCTI's UI restarts the pipeline (see
+//! [`apply_reset`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wal::{RecoveryReport, Wal, WalOptions};
+use wal::{Group, RecoverUntil, RecoveryReport, StateChange, Wal, WalOptions};
 
 use crate::config::{Config, Destination};
+use crate::opencti_api::{
+    self, ApiContext, ApiSettings, ApiStats, DEFAULT_CALL_TIMEOUT, GraphqlClient, ResetRequest,
+};
+use crate::ops::{self, DaemonView};
 use crate::pipeline::compactor::CompactorSettings;
 use crate::pipeline::uploader::UploaderSettings;
 use crate::pipeline::{
-    DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, seed_first_start,
+    DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, PipelineStats, seed_first_start,
 };
 use crate::sink::{DirSink, S3Settings, S3Sink, Sink};
 use crate::stream::{FileSettings, StreamSettings, redirect_policy};
@@ -139,13 +152,34 @@ pub fn pipeline_settings(config: &Config) -> PipelineSettings {
     }
 }
 
+/// How the OpenCTI API task identifies the connector.
+pub fn api_settings(config: &Config) -> ApiSettings {
+    ApiSettings {
+        connector_id: config.connector.id.clone(),
+        name: config.connector.name.clone(),
+        scope: config.connector.scope.clone(),
+        ping_interval: config.opencti.ping_interval,
+    }
+}
+
+/// The GraphQL client for `{OPENCTI_URL}/graphql`, over the daemon's HTTP client for OpenCTI.
+pub fn api_client(config: &Config, http: reqwest::Client) -> anyhow::Result<GraphqlClient> {
+    let base = reqwest::Url::parse(&config.opencti.url).context("parsing OPENCTI_URL")?;
+    Ok(GraphqlClient::new(
+        http,
+        &base,
+        config.opencti.token.clone(),
+        DEFAULT_CALL_TIMEOUT,
+    ))
+}
+
+/// Longest wait for an operations task to stop after the pipeline stopped.
+const OPS_STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the daemon until `cancel` fires (SIGTERM/SIGINT) or a fatal error.
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let wal = open_wal(&config.wal.dir, config.wal.max_bytes)?;
-    let first = FirstStart {
-        start_timestamp_ms: config.connector.live_stream.start_timestamp_ms,
-        recover_iso_date: config.connector.live_stream.recover_iso_date.clone(),
-    };
+    let first = first_start(&config);
     if seed_first_start(&wal, &first, crate::ids::now_ms())
         .context("recording the first-start position in the WAL")?
     {
@@ -157,15 +191,141 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         );
     }
     let http = opencti_client(&config)?;
-    let pipeline = Pipeline::start(
-        wal,
-        sink(&config)?,
-        stream_settings(&config)?,
-        http,
-        pipeline_settings(&config),
-        cancel,
-    )?;
-    pipeline.wait().await?;
+    let stats = PipelineStats::new(&pipeline_settings(&config));
+    let api_stats = Arc::new(ApiStats::default());
+    let view = DaemonView::new(
+        config.connector.name.clone(),
+        wal.clone(),
+        stats.clone(),
+        Arc::clone(&api_stats),
+    );
+
+    // The operations tasks outlive the pipeline (they report its shutdown) and stop after it.
+    let ops_cancel = CancellationToken::new();
+    let mut ops_tasks: Vec<JoinHandle<()>> = Vec::new();
+    if config.connector.expose_metrics {
+        let addr = SocketAddr::new(config.connector.metrics_bind, config.connector.metrics_port);
+        let listener = ops::http::bind(addr).await?;
+        tracing::info!(
+            address = %listener.local_addr().unwrap_or(addr),
+            "serving /metrics, /healthz, /readyz and /status"
+        );
+        ops_tasks.push(ops::http::serve(listener, view.clone(), ops_cancel.clone()));
+    }
+    ops_tasks.push(tokio::spawn(ops::progress::run(
+        view,
+        ops::progress::PROGRESS_EVERY,
+        ops_cancel.clone(),
+    )));
+    let (resets_tx, resets) = mpsc::channel(1);
+    ops_tasks.push(tokio::spawn(opencti_api::run(
+        api_client(&config, http.clone())?,
+        api_settings(&config),
+        ApiContext {
+            wal: wal.clone(),
+            budget: Arc::clone(&stats.budget),
+            stats: api_stats,
+            resets: resets_tx,
+        },
+        ops_cancel.clone(),
+    )));
+
+    let result = run_pipeline(&config, &wal, &first, http, stats, resets, &cancel).await;
+    ops_cancel.cancel();
+    for task in ops_tasks {
+        if tokio::time::timeout(OPS_STOP_GRACE, task).await.is_err() {
+            tracing::warn!("an operations task did not stop in time; leaving it");
+        }
+    }
+    result
+}
+
+/// The first-start position of the configuration (also where a state reset goes back to).
+pub fn first_start(config: &Config) -> FirstStart {
+    FirstStart {
+        start_timestamp_ms: config.connector.live_stream.start_timestamp_ms,
+        recover_iso_date: config.connector.live_stream.recover_iso_date.clone(),
+    }
+}
+
+/// Runs the pipeline until `cancel` fires or a fatal error; restarts it after each state reset
+/// requested from OpenCTI, counting into the same `stats`.
+async fn run_pipeline(
+    config: &Config,
+    wal: &Wal,
+    first: &FirstStart,
+    http: reqwest::Client,
+    stats: PipelineStats,
+    mut resets: mpsc::Receiver<ResetRequest>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let sink = sink(config)?;
+    loop {
+        let pipeline_cancel = cancel.child_token();
+        let pipeline = Pipeline::start_with_stats(
+            wal.clone(),
+            Arc::clone(&sink),
+            stream_settings(config)?,
+            http.clone(),
+            pipeline_settings(config),
+            stats.clone(),
+            pipeline_cancel.clone(),
+        )?;
+        let waiting = pipeline.wait();
+        tokio::pin!(waiting);
+        let request = tokio::select! {
+            result = &mut waiting => return Ok(result?),
+            Some(request) = resets.recv() => request,
+        };
+        pipeline_cancel.cancel();
+        let stopped = waiting.await;
+        if let Err(error) = stopped {
+            let _ = request.done.send(Err(error.to_string()));
+            return Err(error.into());
+        }
+        if cancel.is_cancelled() {
+            let _ = request.done.send(Err("the daemon is stopping".to_string()));
+            return Ok(());
+        }
+        match apply_reset(wal, first, crate::ids::now_ms()).await {
+            Ok(()) => {
+                let _ = request.done.send(Ok(()));
+            }
+            Err(error) => {
+                let _ = request.done.send(Err(format!("{error:#}")));
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// Applies a state reset requested from OpenCTI's UI, with the pipeline stopped: the stream
+/// position goes back to the first-start position ([`FirstStart::position`]: the configured
+/// start or `0-0`, recovering until the configured date or now), durably, in one WAL commit.
+/// The file numbering and everything already in the WAL (unsealed events, sealed files) are
+/// kept: they are uploaded as usual, and the events the server sends again follow them.
+pub async fn apply_reset(wal: &Wal, first: &FirstStart, now_ms: u64) -> anyhow::Result<()> {
+    let before = wal.state();
+    let (cursor, recover) = first.position(now_ms);
+    wal.appender()
+        .submit(Group {
+            records: Vec::new(),
+            cursor: Some(cursor.clone()),
+            changes: vec![StateChange::RecoverUntil(RecoverUntil::Date(
+                recover.clone(),
+            ))],
+        })
+        .await
+        .context("recording the reset stream position in the WAL")?;
+    tracing::warn!(
+        old_start_from = before.cursor.as_deref().unwrap_or("-"),
+        old_recover_until = ?before.recover_until,
+        new_start_from = %cursor,
+        new_recover_until = %recover,
+        next_file_number = before.next_file_number,
+        "STATE RESET from OpenCTI applied: the stream restarts from {cursor}, recovering until          {recover}; file numbering goes on (next file {}); events already in the WAL are still          uploaded",
+        before.next_file_number
+    );
     Ok(())
 }
 

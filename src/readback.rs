@@ -38,16 +38,22 @@ pub struct ReadbackReport {
     pub bytes: u64,
     /// Lines by `type`: create, update, delete, merge, other.
     pub by_type: [u64; 5],
-    /// Problems: numbering gaps and order, bad names, bad encodings, bad lines, ids going back.
+    /// Problems: numbering gaps and order, bad names, bad encodings, bad lines.
     pub problems: Vec<Problem>,
+    /// Lines whose id is before the previous line's. The importer reads them fine. They are
+    /// expected where the server sent events again: a state reset from the UI (the stream
+    /// replays from its start), or a reconnection during a first-run recovery (it resumes at the
+    /// boundary object, inclusive, after dependencies with later ids were kept). Anywhere else
+    /// they mean events went out of order.
+    pub id_rewinds: Vec<Problem>,
     /// Whether reading stopped early where the importer would stop (a numbering problem).
     pub stopped_early: bool,
 }
 
 impl ReadbackReport {
-    /// True when the importer would read everything without an error.
+    /// True when the importer would read everything without an error and ids never go back.
     pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.id_rewinds.is_empty()
     }
 }
 
@@ -165,8 +171,12 @@ fn read_lines(
             .and_then(EventId::parse)
         {
             Some(id) => {
-                if last_id.is_some_and(|last| id < last) {
-                    report.problem(key, Some(index + 1), "its id is before the previous line's");
+                if last_id.is_some_and(|last| id < last) && report.id_rewinds.len() < MAX_PROBLEMS {
+                    report.id_rewinds.push(Problem {
+                        key: key.to_string(),
+                        line: Some(index + 1),
+                        what: "its id is before the previous line's".to_string(),
+                    });
                 }
                 *last_id = Some(id);
             }
@@ -272,8 +282,10 @@ mod tests {
         let report = read_back(&sink, "f/", 1, |_| {}, |_, _| {})
             .await
             .expect("read");
-        let whats: Vec<_> = report.problems.iter().map(|p| p.what.as_str()).collect();
-        assert_eq!(whats[0], "its id is before the previous line's");
-        assert!(whats[1].starts_with("not JSON"));
+        assert!(!report.is_ok());
+        assert_eq!(report.id_rewinds.len(), 1);
+        assert_eq!(report.id_rewinds[0].line, Some(2));
+        assert_eq!(report.problems.len(), 1);
+        assert!(report.problems[0].what.starts_with("not JSON"));
     }
 }

@@ -1,6 +1,7 @@
 //! What `status` and `/status` report: the stream position, the backlog, the files waiting, the
 //! next file number, the last upload and the disk budget — read from the WAL, so it works with
-//! the daemon stopped. Never contains a secret.
+//! the daemon stopped — plus, from a running daemon's `/status`, its [`LiveStatus`] (connection,
+//! failures, OpenCTI registration). Never contains a secret.
 
 use serde::{Deserialize, Serialize};
 use wal::{RecoverUntil, Wal};
@@ -49,6 +50,9 @@ pub struct StatusReport {
     /// Files quarantined so far, with the stream range each held.
     #[serde(default)]
     pub quarantined_files: Vec<QuarantineRecord>,
+    /// What only a running daemon knows (absent when read from a stopped daemon's WAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveStatus>,
 }
 
 /// A waiting file that cannot be uploaded.
@@ -58,6 +62,39 @@ pub struct DamagedFile {
     pub file_number: u64,
     /// What is wrong with it.
     pub problem: String,
+}
+
+/// The running daemon's view: connection, failures in progress, counters since start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveStatus {
+    /// The OpenCTI event stream is open.
+    pub stream_connected: bool,
+    /// Connections answered with an event stream since start-up.
+    pub stream_connections: u64,
+    /// Connections that ended or failed since start-up.
+    pub stream_reconnects: u64,
+    /// Seconds since the last event carrying an id arrived.
+    pub last_event_age_seconds: Option<f64>,
+    /// Now minus the time of the durable cursor, seconds.
+    pub stream_lag_seconds: Option<f64>,
+    /// Reading is paused because the disk budget is full.
+    pub disk_budget_full: bool,
+    /// The kind of upload failure in progress (`auth`, `network`, ...), if uploads fail.
+    pub uploads_failing: Option<String>,
+    /// A damaged local file blocking uploads, with the reason.
+    pub damaged_segment: Option<String>,
+    /// Files uploaded since start-up.
+    pub files_uploaded: u64,
+    /// Events kept in the dead-letter file since start-up.
+    pub dead_letters: u64,
+    /// The connector is registered on OpenCTI.
+    pub opencti_registered: bool,
+    /// The OpenCTI API failure in progress, if any.
+    pub opencti_api_failing: Option<String>,
+    /// When the last ping succeeded, ISO-8601.
+    pub last_ping_at: Option<String>,
+    /// State resets from the OpenCTI UI honoured since start-up.
+    pub state_resets: u64,
 }
 
 /// The last successful upload.
@@ -118,6 +155,7 @@ impl StatusReport {
                 })
                 .collect(),
             quarantined_files: quarantine::records(wal.dir()),
+            live: None,
         }
     }
 
@@ -218,7 +256,74 @@ impl StatusReport {
                 },
             );
         }
+        if let Some(live) = &self.live {
+            live.write_text(&mut out, line);
+        }
         out
+    }
+}
+
+impl LiveStatus {
+    fn write_text(&self, out: &mut String, line: impl Fn(&mut String, &str, String)) {
+        let seconds = |value: Option<f64>| value.map_or("-".to_string(), |s| format!("{s:.1} s"));
+        line(
+            out,
+            "stream",
+            format!(
+                "{} ({} connections, {} reconnects; last event {} ago; lag {})",
+                if self.stream_connected {
+                    "connected"
+                } else {
+                    "not connected"
+                },
+                self.stream_connections,
+                self.stream_reconnects,
+                seconds(self.last_event_age_seconds),
+                seconds(self.stream_lag_seconds)
+            ),
+        );
+        if self.disk_budget_full {
+            line(
+                out,
+                "disk budget",
+                "full: reading paused until uploads free space".to_string(),
+            );
+        }
+        line(
+            out,
+            "uploads",
+            match (&self.damaged_segment, &self.uploads_failing) {
+                (Some(damaged), _) => format!("blocked by a damaged file: {damaged}"),
+                (None, Some(kind)) => format!("failing ({kind}); retrying"),
+                (None, None) => format!("ok ({} files since start-up)", self.files_uploaded),
+            },
+        );
+        if self.dead_letters > 0 {
+            line(
+                out,
+                "dead letters",
+                format!("{} since start-up", self.dead_letters),
+            );
+        }
+        line(
+            out,
+            "OpenCTI",
+            match (&self.opencti_api_failing, self.opencti_registered) {
+                (Some(failing), _) => format!("API failing: {failing}"),
+                (None, true) => format!(
+                    "registered; last ping {}",
+                    self.last_ping_at.as_deref().unwrap_or("not yet")
+                ),
+                (None, false) => "registering".to_string(),
+            },
+        );
+        if self.state_resets > 0 {
+            line(
+                out,
+                "state resets",
+                format!("{} since start-up", self.state_resets),
+            );
+        }
     }
 }
 

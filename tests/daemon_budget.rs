@@ -24,7 +24,7 @@ fn wal_usage(wal: &std::path::Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_budget_pauses_reading_and_resumes_with_nothing_lost() {
-    let mut config = simulator_config(401, 6_000);
+    let mut config = simulator_config(401, 10_000);
     // Paced, so that each reconnection reads a little ahead rather than a socket's worth.
     config.rate = Some(4_000);
     let sim = start_simulator(config).await;

@@ -103,7 +103,17 @@ async fn sigkill_at_random_moments_loses_nothing_and_keeps_files_gapless() {
     assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
 
     let export = read_s3_export(&s3, BUCKET).await;
-    export.assert_importable("json");
+    for connection in &sim.served().connections {
+        eprintln!(
+            "connection {}: from {:?}, {:?}, {} events, first {:?}",
+            connection.number,
+            connection.requested_start(),
+            connection.mode,
+            connection.events.len(),
+            connection.keys().next()
+        );
+    }
+    export.assert_importable_with_replays("json");
     let oracle = sim.check_export(export.lines.iter().map(|line| line.as_ref()));
     assert!(oracle.is_ok(), "seed {seed}: {oracle}");
     let served = sim.served();

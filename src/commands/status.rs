@@ -71,7 +71,7 @@ async fn from_running_daemon(config: &Config, json: bool) -> anyhow::Result<()> 
              its status from /status"
         );
     }
-    let url = format!("http://127.0.0.1:{}/status", config.connector.metrics_port);
+    let url = format!("http://{}/status", local_address(config));
     let body = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?
@@ -90,4 +90,16 @@ async fn from_running_daemon(config: &Config, json: bool) -> anyhow::Result<()> 
         print!("{}", report.to_text());
     }
     Ok(())
+}
+
+/// Where the daemon's endpoint answers from this host: its bind address, or the loopback of the
+/// same family when it binds every address.
+fn local_address(config: &Config) -> std::net::SocketAddr {
+    let bind = config.connector.metrics_bind;
+    let host = match bind {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(host, config.connector.metrics_port)
 }

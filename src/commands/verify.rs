@@ -56,15 +56,20 @@ pub async fn run(config: Option<&Config>, args: &VerifyArgs) -> anyhow::Result<(
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_text(&sink.describe(), &prefix, &report);
+        print_text(&sink.describe(), &prefix, &report, args.allow_id_rewinds);
     }
-    if !report.is_ok() {
-        bail!("{} problem(s) found", report.problems.len());
+    let rewinds_count = !args.allow_id_rewinds && !report.id_rewinds.is_empty();
+    if !report.problems.is_empty() || rewinds_count {
+        bail!(
+            "{} problem(s) and {} id rewind(s) found",
+            report.problems.len(),
+            report.id_rewinds.len()
+        );
     }
     Ok(())
 }
 
-fn print_text(destination: &str, prefix: &str, report: &ReadbackReport) {
+fn print_text(destination: &str, prefix: &str, report: &ReadbackReport, allow_rewinds: bool) {
     println!("destination   {destination} (prefix {prefix:?})");
     println!(
         "files         {} (numbers {}..={})",
@@ -81,15 +86,29 @@ fn print_text(destination: &str, prefix: &str, report: &ReadbackReport) {
         report.by_type[3],
         report.by_type[4]
     );
-    if report.is_ok() {
+    if report.problems.is_empty() {
         println!("result        OK: the stock importer reads every file in order");
     } else {
         println!("result        {} problem(s):", report.problems.len());
-        for problem in &report.problems {
-            match problem.line {
-                Some(line) => println!("  {} line {line}: {}", problem.key, problem.what),
-                None => println!("  {}: {}", problem.key, problem.what),
-            }
+        print_list(&report.problems);
+    }
+    if !report.id_rewinds.is_empty() {
+        let verdict = if allow_rewinds {
+            "accepted (--allow-id-rewinds)"
+        } else {
+            "events out of order, unless the server sent them again (a state reset, a reconnection \
+             during recovery: --allow-id-rewinds)"
+        };
+        println!("id rewinds    {}: {verdict}", report.id_rewinds.len());
+        print_list(&report.id_rewinds);
+    }
+}
+
+fn print_list(problems: &[crate::readback::Problem]) {
+    for problem in problems {
+        match problem.line {
+            Some(line) => println!("  {} line {line}: {}", problem.key, problem.what),
+            None => println!("  {}: {}", problem.key, problem.what),
         }
     }
 }

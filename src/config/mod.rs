@@ -65,6 +65,8 @@ pub struct OpenCti {
     pub token: Secret,
     /// TLS verification for the stream, file downloads and the API.
     pub tls: TlsOptions,
+    /// Time between two pings of the connector state.
+    pub ping_interval: Duration,
 }
 
 /// The live stream to follow and how to ask for it (reference §1.2–§1.4).
@@ -335,6 +337,7 @@ impl Config {
                 verify: r.with_default(&s::OPENCTI_SSL_VERIFY, parse::boolean)?,
                 ca_file: r.optional_path(&s::OPENCTI_CA_FILE)?,
             },
+            ping_interval: r.with_default(&s::OPENCTI_PING_INTERVAL_SEC, parse::seconds)?,
         };
 
         if let Some((kind, origin)) = r.text(&s::CONNECTOR_TYPE)

@@ -63,6 +63,14 @@ setting!(
     "PEM file of extra CA certificates to trust for OpenCTI."
 );
 setting!(
+    OPENCTI_PING_INTERVAL_SEC,
+    "OPENCTI_PING_INTERVAL_SEC",
+    [&["opencti", "ping_interval_sec"]],
+    Some("40"),
+    false,
+    "Seconds between two pings sending the connector state to OpenCTI (pycti pings every 40 s)."
+);
+setting!(
     CONNECTOR_ID,
     "CONNECTOR_ID",
     [&["connector", "id"]],
@@ -429,6 +437,7 @@ pub const ALL: &[Setting] = &[
     OPENCTI_TOKEN,
     OPENCTI_SSL_VERIFY,
     OPENCTI_CA_FILE,
+    OPENCTI_PING_INTERVAL_SEC,
     CONNECTOR_ID,
     CONNECTOR_TYPE,
     CONNECTOR_NAME,

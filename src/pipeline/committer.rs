@@ -25,6 +25,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -35,6 +36,7 @@ use super::budget::{Budget, WalFigures};
 use super::cursor::{CursorTracker, Observed};
 use super::dead_letter::{DeadEvent, DeadLetterFile};
 use crate::ids::{EventId, now_ms};
+use crate::metrics::histogram::{Histogram, Records, Seconds};
 use crate::stream::{Action, ResumePosition, StreamItem};
 
 /// Largest group the committer packs (raw bytes of its lines). One event bigger than this is a
@@ -59,6 +61,14 @@ pub struct CommitterStats {
     pub dropped_while_full: AtomicU64,
     /// Milliseconds part of the durable cursor (the stock `current_state` gauge).
     pub cursor_ms: AtomicU64,
+    /// Time from handing a group to the WAL to its being durable (queueing behind the commit
+    /// syncing, then flush and fsync): what an event waits before the cursor may move.
+    pub durable_latency: Histogram<Seconds>,
+    /// Records per group handed to the WAL.
+    pub group_records: Histogram<Records>,
+    /// Unix ms when the oldest group not yet durable was handed to the WAL; 0 when none is
+    /// waiting (a value far in the past means the WAL is wedged).
+    pub waiting_since_unix_ms: AtomicU64,
 }
 
 impl CommitterStats {
@@ -102,6 +112,8 @@ struct InFlight {
     pending: PendingAppend,
     actions: [u64; 4],
     cursor: Option<String>,
+    submitted: Instant,
+    submitted_unix_ms: u64,
     raw_bytes: u64,
 }
 
@@ -295,6 +307,15 @@ impl Committer {
         }
         self.budget.committed(packing.raw_bytes);
         let cursor = packing.cursor.clone();
+        self.stats
+            .group_records
+            .observe(packing.records.len() as f64);
+        let submitted_unix_ms = now_ms();
+        if self.in_flight.is_empty() {
+            self.stats
+                .waiting_since_unix_ms
+                .store(submitted_unix_ms, Ordering::Relaxed);
+        }
         let raw_bytes = packing.raw_bytes;
         let pending = self.appender.submit(Group {
             records: packing.records,
@@ -305,6 +326,8 @@ impl Committer {
             pending,
             actions: packing.actions,
             cursor,
+            submitted: Instant::now(),
+            submitted_unix_ms,
             raw_bytes,
         });
         while self.in_flight.len() > MAX_IN_FLIGHT {
@@ -334,9 +357,16 @@ impl Committer {
         done: Option<InFlight>,
     ) -> Result<(), PipelineError> {
         result.map_err(PipelineError::Wal)?;
+        let oldest_waiting = self.in_flight.front().map_or(0, |g| g.submitted_unix_ms);
+        self.stats
+            .waiting_since_unix_ms
+            .store(oldest_waiting, Ordering::Relaxed);
         let Some(done) = done else {
             return Ok(());
         };
+        self.stats
+            .durable_latency
+            .observe(done.submitted.elapsed().as_secs_f64());
         self.budget.durable(done.raw_bytes);
         if self.budget.is_paused() {
             // The last commits in flight may have been all that held reading back.

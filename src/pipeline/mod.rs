@@ -63,6 +63,23 @@ pub struct FirstStart {
     pub recover_iso_date: Option<String>,
 }
 
+impl FirstStart {
+    /// The position a first start (or a state reset from OpenCTI) begins at, as pycti computes it
+    /// with an empty state: `(start_from, recover_until)` = (`<timestamp>-0` or `0-0`, the
+    /// configured date or `now_ms` as ISO-8601).
+    pub fn position(&self, now_ms: u64) -> (String, String) {
+        let cursor = match self.start_timestamp_ms {
+            Some(ms) => format!("{ms}-0"),
+            None => "0-0".to_string(),
+        };
+        let recover = self
+            .recover_iso_date
+            .clone()
+            .unwrap_or_else(|| crate::ids::iso(now_ms));
+        (cursor, recover)
+    }
+}
+
 /// Seeds a new WAL with the first-start position, as pycti does on its first run: start from
 /// `0-0` (or `<timestamp>-0`) and recover until now (or the configured date), both kept in the
 /// WAL so every later connection sends the same recovery bound. Does nothing to a WAL that
@@ -72,14 +89,7 @@ pub fn seed_first_start(wal: &Wal, first: &FirstStart, now_ms: u64) -> Result<bo
     if state.cursor.is_some() || state.recover_until != RecoverUntil::Unset || !wal.is_new() {
         return Ok(false);
     }
-    let cursor = match first.start_timestamp_ms {
-        Some(ms) => format!("{ms}-0"),
-        None => "0-0".to_string(),
-    };
-    let recover = first
-        .recover_iso_date
-        .clone()
-        .unwrap_or_else(|| crate::ids::iso(now_ms));
+    let (cursor, recover) = first.position(now_ms);
     wal.initialize(InitialState {
         cursor: Some(cursor),
         recover_until: RecoverUntil::Date(recover),
@@ -120,6 +130,23 @@ pub struct PipelineStats {
     pub budget: Arc<Budget>,
 }
 
+impl PipelineStats {
+    /// Fresh counters for a pipeline run with `settings`. Kept by the daemon across pipeline
+    /// restarts (a state reset from OpenCTI) so counters never go back.
+    pub fn new(settings: &PipelineSettings) -> Self {
+        Self {
+            stream: Arc::new(StreamStats::default()),
+            committer: Arc::new(CommitterStats::default()),
+            compactor: Arc::new(CompactorStats::default()),
+            uploader: Arc::new(UploaderStats::default()),
+            budget: Arc::new(Budget::new(
+                settings.max_bytes,
+                budget::DATABASE_GROWTH_STEP,
+            )),
+        }
+    }
+}
+
 /// A running pipeline.
 pub struct Pipeline {
     stats: PipelineStats,
@@ -142,23 +169,28 @@ impl Pipeline {
         settings: PipelineSettings,
         cancel: CancellationToken,
     ) -> Result<Self, PipelineError> {
+        let stats = PipelineStats::new(&settings);
+        Self::start_with_stats(wal, sink, stream_settings, http, settings, stats, cancel)
+    }
+
+    /// [`Pipeline::start`] counting into `stats` (made by [`PipelineStats::new`] with the same
+    /// settings), so the counters of an earlier run of the pipeline carry on.
+    pub fn start_with_stats(
+        wal: Wal,
+        sink: Arc<dyn Sink>,
+        stream_settings: StreamSettings,
+        http: reqwest::Client,
+        settings: PipelineSettings,
+        stats: PipelineStats,
+        cancel: CancellationToken,
+    ) -> Result<Self, PipelineError> {
         let dead_letters = DeadLetterFile::open(wal.dir(), settings.dead_letter_max_bytes)
             .map_err(|source| PipelineError::DeadLetter {
                 path: wal.dir().join(dead_letter::FILE_NAME),
                 source,
             })?;
-        let budget = Arc::new(Budget::new(
-            settings.max_bytes,
-            budget::DATABASE_GROWTH_STEP,
-        ));
+        let budget = Arc::clone(&stats.budget);
         budget.refresh(&budget::WalFigures::of(&wal));
-        let stats = PipelineStats {
-            stream: Arc::new(StreamStats::default()),
-            committer: Arc::new(CommitterStats::default()),
-            compactor: Arc::new(CompactorStats::default()),
-            uploader: Arc::new(UploaderStats::default()),
-            budget: Arc::clone(&budget),
-        };
         let compactor_wake = Arc::new(Notify::new());
         let sealed = Arc::new(Notify::new());
         let (items_tx, items_rx) = mpsc::channel(settings.queue_size.max(1));

@@ -27,6 +27,7 @@ use super::budget::{Budget, WalFigures};
 use super::compactor::sleep_or_cancel;
 use crate::backoff::Backoff;
 use crate::ids::now_ms;
+use crate::metrics::histogram::{Histogram, Seconds};
 use crate::sink::{BodySource, Compression, Sink, SinkError, SinkErrorKind, object_key};
 
 /// How files are named and encoded.
@@ -57,6 +58,8 @@ pub struct UploaderStats {
     pub last_upload_ms: AtomicU64,
     /// Total time spent in successful uploads, milliseconds.
     pub upload_ms_total: AtomicU64,
+    /// Duration of each successful upload (the attempt that succeeded).
+    pub duration: Histogram<Seconds>,
     /// The kind of the last failure while it persists, for status and readiness.
     pub failing: Mutex<Option<String>>,
     /// A segment that cannot be read back (missing or failing its checksum), with the reason.
@@ -365,6 +368,7 @@ impl Uploader {
         self.stats
             .upload_ms_total
             .fetch_add(millis, Ordering::Relaxed);
+        self.stats.duration.observe(took.as_secs_f64());
         self.budget.refresh(&WalFigures::of(&self.wal));
         tracing::info!(
             key,

@@ -273,9 +273,9 @@ impl Client {
             );
             self.link = LinkState::Connected;
         }
-        let ended = self.read(response).await;
-        self.stats.connected.store(false, Relaxed);
-        ended
+        // Cleared however the read ends, also when this future is dropped (shutdown).
+        let _connected = ConnectedFlag(Arc::clone(&self.stats));
+        self.read(response).await
     }
 
     /// Reads the event stream until it ends; see the module documentation.
@@ -452,4 +452,13 @@ fn status_detail(response: &reqwest::Response) -> String {
         .or_else(|| status.canonical_reason().map(str::to_owned))
         .unwrap_or_default();
     format!("HTTP {} {phrase}", status.as_u16())
+}
+
+/// Clears [`StreamStats::connected`] when dropped.
+struct ConnectedFlag(Arc<StreamStats>);
+
+impl Drop for ConnectedFlag {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Relaxed);
+    }
 }

@@ -1,0 +1,220 @@
+//! The connector state in the stock keys (reference §3.4, §4.4), built from the WAL, and what a
+//! state answered by the platform means.
+//!
+//! | key | value here |
+//! |---|---|
+//! | `start_from` | the durable cursor (what the next connection resumes from) |
+//! | `recover_until` | the recovery bound; `false` once recovery is disabled (as pycti 7.x) |
+//! | `last_written_msg_id` | the last uploaded segment's last cursor: every event up to it is in an uploaded file; absent before the first upload |
+//! | `file_count` | the number of the last uploaded file (the next file is `file_count + 1`) |
+//!
+//! Both `last_written_msg_id` and `file_count` describe what was *uploaded*, unlike the stock
+//! exporter whose values could run ahead of its uploads (§4.4): a state copied from the UI is
+//! therefore always safe to import (`import-state`) into a new WAL.
+
+use serde_json::{Map, Value};
+use wal::{RecoverUntil, Wal, WalState};
+
+/// The state reported to the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorState {
+    /// `start_from`.
+    pub start_from: Option<String>,
+    /// `recover_until`.
+    pub recover_until: RecoverUntil,
+    /// `last_written_msg_id`.
+    pub last_written_msg_id: Option<String>,
+    /// `file_count`.
+    pub file_count: u64,
+}
+
+impl ConnectorState {
+    /// The state of `wal` now.
+    pub fn from_wal(wal: &Wal) -> Self {
+        let oldest_waiting = wal.segments().first().map(|segment| segment.number);
+        Self::from_parts(&wal.state(), oldest_waiting)
+    }
+
+    /// The state given the WAL's state and the number of the oldest segment waiting for upload.
+    pub fn from_parts(state: &WalState, oldest_waiting: Option<u64>) -> Self {
+        let file_count = match &state.last_upload {
+            Some(upload) => upload.number,
+            None => oldest_waiting
+                .unwrap_or(state.next_file_number)
+                .saturating_sub(1),
+        };
+        Self {
+            start_from: state.cursor.clone(),
+            recover_until: state.recover_until.clone(),
+            last_written_msg_id: state
+                .last_upload
+                .as_ref()
+                .and_then(|upload| upload.last_cursor.clone()),
+            file_count,
+        }
+    }
+
+    /// The JSON object in the stock keys.
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        if let Some(start) = &self.start_from {
+            object.insert("start_from".into(), Value::String(start.clone()));
+        }
+        match &self.recover_until {
+            RecoverUntil::Date(date) => {
+                object.insert("recover_until".into(), Value::String(date.clone()));
+            }
+            RecoverUntil::Disabled => {
+                object.insert("recover_until".into(), Value::Bool(false));
+            }
+            RecoverUntil::Unset => {}
+        }
+        if let Some(last) = &self.last_written_msg_id {
+            object.insert("last_written_msg_id".into(), Value::String(last.clone()));
+        }
+        object.insert("file_count".into(), Value::from(self.file_count));
+        Value::Object(object)
+    }
+
+    /// The JSON string sent as the ping's `state` (what the UI shows).
+    pub fn to_state_string(&self) -> String {
+        self.to_json().to_string()
+    }
+}
+
+/// What the `connector_state` answered by a ping means, compared with the state just sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlatformState {
+    /// The platform stored what was sent.
+    Same,
+    /// The state was reset from the UI: the platform answers an empty state (`""`, `null`,
+    /// `"null"` or `{}`) instead of what was sent.
+    Reset,
+    /// The platform holds another, non-empty state: another process pings with the same
+    /// connector id, or the state was edited. The WAL stays authoritative.
+    Different(Value),
+}
+
+/// Compares the platform's `connector_state` with the state string just sent (as JSON values,
+/// so key order and spacing do not matter).
+pub fn compare(sent: &str, answered: Option<&str>) -> PlatformState {
+    let answered = match answered.map(str::trim) {
+        None | Some("") => return PlatformState::Reset,
+        Some(text) => text,
+    };
+    let answered_value = match serde_json::from_str::<Value>(answered) {
+        Ok(value) => value,
+        Err(_) => return PlatformState::Different(Value::String(answered.to_string())),
+    };
+    if is_empty_state(&answered_value) {
+        return PlatformState::Reset;
+    }
+    match serde_json::from_str::<Value>(sent) {
+        Ok(sent_value) if sent_value == answered_value => PlatformState::Same,
+        _ => PlatformState::Different(answered_value),
+    }
+}
+
+/// `null`, `{}` or `""`: what a state reset leaves.
+fn is_empty_state(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(object) => object.is_empty(),
+        Value::String(text) => text.trim().is_empty(),
+        _ => false,
+    }
+}
+
+/// The `file_count` of a state the platform holds, if it has one (to warn when a fresh WAL would
+/// restart the numbering the importer expects).
+pub fn platform_file_count(state: &str) -> Option<u64> {
+    let value: Value = serde_json::from_str(state.trim()).ok()?;
+    let value = match value {
+        Value::String(inner) => serde_json::from_str(&inner).ok()?,
+        other => other,
+    };
+    let count = value.get("file_count")?;
+    count
+        .as_u64()
+        .or_else(|| count.as_str().and_then(|text| text.parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use wal::UploadRecord;
+
+    fn wal_state(last_upload: Option<UploadRecord>, next_file_number: u64) -> WalState {
+        WalState {
+            cursor: Some("1718012399999-0".into()),
+            recover_until: RecoverUntil::Date("2024-06-10T09:38:20.000Z".into()),
+            next_file_number,
+            last_sealed_ts_ms: 0,
+            last_upload,
+            extras: BTreeMap::new(),
+            next_record_seq: 0,
+        }
+    }
+
+    #[test]
+    fn the_state_after_uploads_names_the_last_uploaded_file_and_position() {
+        let upload = UploadRecord {
+            number: 41,
+            ts_ms: 1_718_012_300_000,
+            uploaded_at_ms: 1_718_012_300_500,
+            last_cursor: Some("1718012350123-0".into()),
+        };
+        let state = ConnectorState::from_parts(&wal_state(Some(upload), 44), Some(42));
+        assert_eq!(
+            state.to_state_string(),
+            r#"{"start_from":"1718012399999-0","recover_until":"2024-06-10T09:38:20.000Z","last_written_msg_id":"1718012350123-0","file_count":41}"#
+        );
+    }
+
+    #[test]
+    fn before_any_upload_the_count_is_the_file_before_the_first_waiting() {
+        // Imported with file_count 41: next file 42, two sealed and not uploaded yet.
+        let state = ConnectorState::from_parts(&wal_state(None, 44), Some(42));
+        assert_eq!(state.file_count, 41);
+        assert_eq!(state.last_written_msg_id, None);
+        assert_eq!(
+            ConnectorState::from_parts(&wal_state(None, 1), None).file_count,
+            0
+        );
+        let disabled = ConnectorState {
+            recover_until: RecoverUntil::Disabled,
+            ..state
+        };
+        assert_eq!(disabled.to_json()["recover_until"], Value::Bool(false));
+    }
+
+    #[test]
+    fn an_empty_answer_is_a_reset_and_another_state_is_not() {
+        let sent = r#"{"start_from":"5-0","file_count":3}"#;
+        for empty in [None, Some(""), Some("null"), Some("{}"), Some(" \"\" ")] {
+            assert_eq!(compare(sent, empty), PlatformState::Reset, "{empty:?}");
+        }
+        assert_eq!(
+            compare(sent, Some(r#"{"file_count": 3, "start_from": "5-0"}"#)),
+            PlatformState::Same
+        );
+        assert!(matches!(
+            compare(sent, Some(r#"{"start_from":"9-0","file_count":8}"#)),
+            PlatformState::Different(_)
+        ));
+        assert!(matches!(
+            compare(sent, Some("not json")),
+            PlatformState::Different(_)
+        ));
+    }
+
+    #[test]
+    fn the_file_count_of_a_stock_state_is_read_in_either_form() {
+        assert_eq!(platform_file_count(r#"{"file_count": 41}"#), Some(41));
+        assert_eq!(platform_file_count(r#"{"file_count": "7"}"#), Some(7));
+        assert_eq!(platform_file_count(r#""{\"file_count\": 2}""#), Some(2));
+        assert_eq!(platform_file_count(r#"{"start_from": "1-0"}"#), None);
+        assert_eq!(platform_file_count(""), None);
+    }
+}
