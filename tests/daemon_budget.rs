@@ -113,7 +113,7 @@ async fn a_full_disk_budget_pauses_reading_and_resumes_with_nothing_lost() {
     let database_paused = dir_bytes(&wal.join("db"));
 
     s3.restart();
-    wait_until("the last live event is uploaded", secs(60), || {
+    wait_until("the last live event is uploaded", secs(120), || {
         last_s3_line_id(&s3, BUCKET).as_deref() == Some(last.as_str())
     })
     .await;

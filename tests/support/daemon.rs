@@ -436,7 +436,10 @@ pub async fn expected_lines(sim: &SimulatorHandle) -> Vec<Bytes> {
         .next()
         .expect("the daemon connected to the simulator");
     let request = first.request.clone();
-    let twin = start_simulator(sim.config().clone()).await;
+    // Pacing changes when events are sent, never their bytes.
+    let mut config = sim.config().clone();
+    config.rate = None;
+    let twin = start_simulator(config).await;
     let last = twin.live_ids().last().expect("a live log").to_string();
     let mut url = format!("{}{}", twin.url(), request.path);
     if let Some(query) = &request.query {
