@@ -10,7 +10,7 @@
 //! let mut daemon = harness.spawn();
 //! wait_until("everything uploaded", secs(30), || ...).await;
 //! assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
-//! let export = read_s3_export(&s3, BUCKET, FOLDER).await;
+//! let export = read_s3_export(&s3, BUCKET).await;
 //! ```
 //!
 //! On a failing test the logs of every run of the daemon are printed (most recent last), so a
