@@ -1,8 +1,9 @@
 //! A sealed segment damaged on disk (DESIGN.md invariants 2, 3 and 7): it is detected by its size
-//! or its checksum, never uploaded, no later file overtakes it, ingestion goes on, `status` and
-//! the logs report it; and the operator's way out, `quarantine N`, keeps the importer's
+//! or its checksum, never uploaded, no later file overtakes it, ingestion goes on, `status`,
+//! `/readyz`, `/status` and the logs report it; and the operator's way out, `quarantine N`, keeps the importer's
 //! numbering gapless, records exactly what was lost, and lets uploads go on.
 
+mod ops_common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -26,27 +27,20 @@ fn last_live_id(sim: &SimulatorHandle) -> String {
     sim.live_ids().last().expect("a live log").to_string()
 }
 
-fn served_up_to(sim: &SimulatorHandle, id: &str) -> bool {
-    sim.served()
-        .accepted()
-        .flat_map(|c| c.events.iter())
-        .any(|e| e.key.id.to_string() == id)
-}
-
 /// Exports the live log with S3 down, so it stays in sealed segments; returns once the daemon
-/// stopped with everything durable. Returns the harness and the plain lines of segment 1.
-async fn sealed_but_not_uploaded(sim: &SimulatorHandle, s3: &TestS3) -> (Harness, Vec<Bytes>) {
+/// stopped with everything durable. Returns the harness (its endpoint on the returned port) and
+/// the plain lines of segment 1.
+async fn sealed_but_not_uploaded(sim: &SimulatorHandle, s3: &TestS3) -> (Harness, u16, Vec<Bytes>) {
     s3.stop();
-    let harness = Harness::new(sim)
-        .s3(s3, BUCKET)
-        .live_log_only(sim)
-        .set("WRITE_MAX_BYTES", "256KiB");
+    let (harness, port) = ops_common::with_endpoint(
+        Harness::new(sim)
+            .s3(s3, BUCKET)
+            .live_log_only(sim)
+            .set("WRITE_MAX_BYTES", "256KiB"),
+    );
     let mut daemon = harness.spawn();
     let last = last_live_id(sim);
-    wait_until("the daemon read the whole live log", secs(60), || {
-        served_up_to(sim, &last)
-    })
-    .await;
+    wait_until_durable(port, &last).await;
     wait_until("at least 3 sealed segments", secs(60), || {
         support::daemon::segment_files(&harness.wal_dir()) >= 3
     })
@@ -65,7 +59,17 @@ async fn sealed_but_not_uploaded(sim: &SimulatorHandle, s3: &TestS3) -> (Harness
         .filter(|l| !l.is_empty())
         .map(Bytes::copy_from_slice)
         .collect();
-    (harness, lines)
+    (harness, port, lines)
+}
+
+/// Waits until the running daemon's durable cursor is `id` (its `/status`).
+async fn wait_until_durable(port: u16, id: &str) {
+    ops_common::poll_until("the events are durable", secs(60), || async {
+        ops_common::try_status(port)
+            .await
+            .is_some_and(|status| status["cursor"] == id)
+    })
+    .await;
 }
 
 fn upload_failures_of_kind(daemon: &Daemon, kind: &str) -> usize {
@@ -80,7 +84,7 @@ fn upload_failures_of_kind(daemon: &Daemon, kind: &str) -> usize {
 async fn a_segment_damaged_in_place_is_never_uploaded_and_quarantine_lets_uploads_go_on() {
     let sim = start_simulator(simulator_config(11, 1200)).await;
     let s3 = TestS3::start();
-    let (harness, lost_lines) = sealed_but_not_uploaded(&sim, &s3).await;
+    let (harness, port, lost_lines) = sealed_but_not_uploaded(&sim, &s3).await;
     let wal = harness.wal_dir();
 
     // Damage segment 1 in place: same size, one byte changed in the middle.
@@ -100,10 +104,8 @@ async fn a_segment_damaged_in_place_is_never_uploaded_and_quarantine_lets_upload
     .await;
     sim.append_live_events(300);
     let last = last_live_id(&sim);
-    wait_until("ingestion goes on past the damaged file", secs(60), || {
-        served_up_to(&sim, &last)
-    })
-    .await;
+    // Ingestion goes on past the damaged file.
+    wait_until_durable(port, &last).await;
     assert!(
         s3_keys(&s3, BUCKET).is_empty(),
         "nothing is uploaded while file 1 blocks: {:?}",
@@ -189,7 +191,7 @@ async fn a_segment_damaged_in_place_is_never_uploaded_and_quarantine_lets_upload
 async fn a_truncated_segment_is_reported_at_start_and_by_status_and_never_uploaded() {
     let sim = start_simulator(simulator_config(12, 1000)).await;
     let s3 = TestS3::start();
-    let (harness, _) = sealed_but_not_uploaded(&sim, &s3).await;
+    let (harness, _, _) = sealed_but_not_uploaded(&sim, &s3).await;
     let path = segment_path(&harness.wal_dir(), 1);
     let length = std::fs::metadata(&path).expect("segment 1").len();
     std::fs::OpenOptions::new()
@@ -199,6 +201,7 @@ async fn a_truncated_segment_is_reported_at_start_and_by_status_and_never_upload
         .expect("truncating segment 1");
 
     s3.restart();
+    let (harness, port) = ops_common::with_endpoint(harness);
     let mut daemon = harness.spawn();
     wait_until("the start-up reports the damaged file", secs(30), || {
         daemon
@@ -214,6 +217,20 @@ async fn a_truncated_segment_is_reported_at_start_and_by_status_and_never_upload
     )
     .await;
     assert!(s3_keys(&s3, BUCKET).is_empty(), "nothing overtakes file 1");
+    // The running daemon names it on /readyz and /status.
+    ops_common::poll_until("/readyz names the damaged file", secs(30), || async {
+        ops_common::get_json(port, "/readyz")
+            .await
+            .is_some_and(|(_, readiness)| {
+                readiness["damaged_segment"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("segment 1"))
+            })
+    })
+    .await;
+    let status = ops_common::status(port).await;
+    assert_eq!(status["damaged_files"][0]["file_number"], 1, "{status}");
+    assert!(status["live"]["damaged_segment"].is_string(), "{status}");
     assert_eq!(daemon.terminate(secs(30)).await.code(), Some(0));
 
     let status = harness.status().await;

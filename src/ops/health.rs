@@ -9,7 +9,10 @@
 //!   commit failed) and the disk budget is not full — i.e. events are flowing into the WAL right
 //!   now. It turns 503 within moments of OpenCTI going away (the connection ends), of the budget
 //!   filling up (the stream is paused), and stays 503 until they recover. Uploads failing do not
-//!   make it unready (the WAL absorbs the outage); they show in `/status` and the metrics.
+//!   make it unready (the WAL absorbs the outage); they show in `/status` and the metrics. A
+//!   damaged local file blocking uploads does not either (events still flow into the WAL), but
+//!   it never goes away by itself, so `/readyz` names it (`damaged_segment`) for the operator
+//!   (`quarantine`, see the README).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -44,6 +47,8 @@ pub struct Readiness {
     pub wal_writable: bool,
     /// Reading is paused because the disk budget is full.
     pub disk_budget_full: bool,
+    /// A damaged local file blocking uploads, with the reason (needs the operator).
+    pub damaged_segment: Option<String>,
 }
 
 /// Liveness at `now_ms`.
@@ -78,6 +83,7 @@ pub fn readiness(view: &DaemonView) -> Readiness {
         stream_connected,
         wal_writable,
         disk_budget_full,
+        damaged_segment: view.pipeline.uploader.damaged(),
     }
 }
 
@@ -117,6 +123,7 @@ mod tests {
                 stream_connected: true,
                 wal_writable: true,
                 disk_budget_full: false,
+                damaged_segment: None,
             }
         );
         view.wal_stats.commit_failures.store(1, Relaxed);
