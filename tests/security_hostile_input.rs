@@ -132,6 +132,17 @@ proptest! {
     }
 }
 
+/// Found by `cargo fuzz run wal_decode`: a state value whose cursor announces a string of about
+/// 2^59 bytes. The decoder allocated it before reading, and the allocation failure aborted the
+/// process: a damaged database must be reported as corrupt instead.
+#[test]
+fn a_database_value_announcing_a_huge_string_is_corrupt_not_an_abort() {
+    let value = [
+        0x01, 0x01, 0xfd, 0x01, 0x00, 0x00, 0x00, 0x03, 0x01, 0x00, 0x08,
+    ];
+    assert_eq!(wal::fuzzing::decode_database_value(&value), 0);
+}
+
 /// A sealed segment to damage: the WAL that holds it (kept open), its number and content.
 fn sealed_segment() -> (tempfile::TempDir, wal::Wal, u64, Vec<u8>) {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -33,6 +33,12 @@ pub(crate) const CHUNK_BYTES: usize = 4 * 1024;
 /// Version byte in front of every encoded value.
 const VALUE_VERSION: u8 = 1;
 
+/// Most bytes a decoded value may claim. bincode allocates a string or a list of the length a
+/// value announces before reading it: without a bound, a damaged value announcing exabytes
+/// aborts the process (allocation failure) instead of being reported as corrupt. The largest
+/// real value, a frame header of a full commit, is a few MiB.
+const DECODE_LIMIT_BYTES: usize = 64 << 20;
+
 /// Key of the header of frame `seq`.
 pub(crate) fn frame_header_key(seq: u64) -> [u8; 9] {
     prefixed(FRAME_HEADER_PREFIX, seq)
@@ -88,9 +94,11 @@ pub(crate) fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Wal
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, WalError> {
     match bytes.split_first() {
         Some((&VALUE_VERSION, body)) => {
-            let (value, used) =
-                bincode::serde::decode_from_slice(body, bincode::config::standard())
-                    .map_err(|e| WalError::corrupt(format!("{what} does not decode: {e}")))?;
+            let (value, used) = bincode::serde::decode_from_slice(
+                body,
+                bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>(),
+            )
+            .map_err(|e| WalError::corrupt(format!("{what} does not decode: {e}")))?;
             if used != body.len() {
                 return Err(WalError::corrupt(format!(
                     "{what} has {} trailing bytes",
