@@ -22,6 +22,54 @@ fn wal_usage(wal: &std::path::Path) -> u64 {
     dir_bytes(&wal.join("db")) + dir_bytes(&wal.join("segments"))
 }
 
+/// Samples what the WAL takes on disk every few milliseconds, on its own thread, until stopped
+/// (or dropped), and keeps the largest figure.
+struct PeakSampler {
+    peak: Arc<AtomicU64>,
+    sampling: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakSampler {
+    fn start(wal: std::path::PathBuf) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let (peak, sampling) = (Arc::clone(&peak), Arc::clone(&sampling));
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    peak.fetch_max(wal_usage(&wal), Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+        };
+        Self {
+            peak,
+            sampling,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; returns the largest figure seen.
+    fn stop(mut self) -> u64 {
+        self.halt();
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.sampling.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for PeakSampler {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_budget_pauses_reading_and_resumes_with_nothing_lost() {
     let mut config = simulator_config(401, 10_000);
@@ -42,18 +90,7 @@ async fn a_full_disk_budget_pauses_reading_and_resumes_with_nothing_lost() {
     let wal = harness.wal_dir();
     let last = sim.live_ids().last().expect("a live log").to_string();
 
-    // Samples what the WAL takes on disk for the whole run.
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling, wal) = (Arc::clone(&peak), Arc::clone(&sampling), wal.clone());
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                peak.fetch_max(wal_usage(&wal), Ordering::Relaxed);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        })
-    };
+    let peak = PeakSampler::start(wal.clone());
 
     let started = Instant::now();
     let mut daemon = harness.spawn();
@@ -113,19 +150,17 @@ async fn a_full_disk_budget_pauses_reading_and_resumes_with_nothing_lost() {
     let database_paused = dir_bytes(&wal.join("db"));
 
     s3.restart();
-    wait_until("the last live event is uploaded", secs(60), || {
+    wait_until("the last live event is uploaded", secs(120), || {
         last_s3_line_id(&s3, BUCKET).as_deref() == Some(last.as_str())
     })
     .await;
     let drained_after = started.elapsed();
     assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
-    sampling.store(false, Ordering::Relaxed);
-    sampler.join().expect("sampler");
+    let peak = peak.stop();
 
     eprintln!(
-        "WAL peak {} bytes (budget {BUDGET}), {usage_paused} while paused, {database_paused} of them the database; {served_when_paused} \
+        "WAL peak {peak} bytes (budget {BUDGET}), {usage_paused} while paused, {database_paused} of them the database; {served_when_paused} \
          events served before the pause (observed {observations} time(s)), {} in all; paused after {paused_after:?}, all uploaded after {drained_after:?}",
-        peak.load(Ordering::Relaxed),
         sim.served_events()
     );
     let export = read_s3_export(&s3, BUCKET).await;
@@ -141,8 +176,7 @@ async fn a_full_disk_budget_pauses_reading_and_resumes_with_nothing_lost() {
         "the resume was logged"
     );
     assert!(
-        peak.load(Ordering::Relaxed) <= BUDGET,
-        "the WAL took {} bytes, more than its budget of {BUDGET}",
-        peak.load(Ordering::Relaxed)
+        peak <= BUDGET,
+        "the WAL took {peak} bytes, more than its budget of {BUDGET}"
     );
 }

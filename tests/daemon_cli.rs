@@ -8,6 +8,7 @@ mod support;
 use opencti_stream_exporter::pipeline::dead_letter;
 use opencti_stream_exporter::simulator::{InjectedEvent, Role};
 use support::daemon::*;
+use support::proxy::{Fault, FaultProxy};
 use support::s3::TestS3;
 
 const TOKEN: &str = "token-that-must-never-be-printed";
@@ -160,5 +161,139 @@ async fn sigterm_stops_with_0_and_everything_received_is_uploaded_after_a_restar
         status["last_upload"]["file_number"],
         export.files.len() as u64,
         "{status:#}"
+    );
+}
+
+/// An upload that hangs does not hold the daemon: SIGTERM lets it run for the shutdown grace,
+/// then abandons it and exits with 0; the file is uploaded after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_hung_upload_exits_with_0_after_the_grace() {
+    let sim = start_simulator(simulator_config(703, 400)).await;
+    let last = sim.live_ids().last().expect("a live log").to_string();
+    let s3 = TestS3::start();
+    let proxy = FaultProxy::start(s3.addr());
+    let harness = Harness::new(&sim)
+        .s3(&s3, BUCKET)
+        .set("MINIO_PORT", &proxy.addr().port().to_string())
+        .set("UPLOAD_TIMEOUT_SEC", "300")
+        .live_log_only(&sim);
+
+    let mut daemon = harness.spawn();
+    wait_until("the bucket created", secs(30), || s3.bucket_exists(BUCKET)).await;
+    proxy.set_fault(Fault::Hang);
+    let puts = || {
+        proxy
+            .request_heads()
+            .iter()
+            .filter(|head| head.starts_with("PUT /exports/opencti/"))
+            .count()
+    };
+    wait_until("an upload hanging", secs(30), || puts() >= 1).await;
+    let asked = std::time::Instant::now();
+    let exit = daemon.terminate(secs(40)).await;
+    let took = asked.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "SIGTERM exits with 0");
+    assert!(
+        !daemon
+            .log_messages("upload abandoned at shutdown")
+            .is_empty(),
+        "the hung upload was abandoned"
+    );
+    assert!(s3_keys(&s3, BUCKET).is_empty(), "nothing was uploaded");
+
+    proxy.set_fault(Fault::Pass);
+    let mut daemon = harness.spawn();
+    wait_until("the last live event is uploaded", secs(30), || {
+        last_s3_line_id(&s3, BUCKET).as_deref() == Some(last.as_str())
+    })
+    .await;
+    assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
+    let export = read_s3_export(&s3, BUCKET).await;
+    export.assert_importable("json");
+    assert_same_lines(&export.lines, &expected_lines(&sim).await);
+}
+
+/// One WAL, one daemon: a second one on the same WAL_DIR stops at once with exit code 1 and
+/// says why, and the first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_wal_exits_with_1() {
+    let sim = start_simulator(simulator_config(704, 300)).await;
+    let last = sim.live_ids().last().expect("a live log").to_string();
+    let s3 = TestS3::start();
+    let harness = Harness::new(&sim).s3(&s3, BUCKET).live_log_only(&sim);
+    let mut first = harness.spawn();
+    wait_until("the first daemon connected", secs(30), || {
+        sim.connection_attempts() == 1
+    })
+    .await;
+
+    let second = harness.run_command(&["run"], secs(30)).await;
+    assert_eq!(second.code, Some(1), "{second:?}");
+    let wal = harness.wal_dir().display().to_string();
+    assert!(
+        second.stderr.contains(&wal) && second.stderr.to_lowercase().contains("lock"),
+        "the error names the WAL and the lock: {}",
+        second.stderr
+    );
+    assert_eq!(sim.connection_attempts(), 1, "the second never connected");
+
+    wait_until("the last live event is uploaded", secs(30), || {
+        last_s3_line_id(&s3, BUCKET).as_deref() == Some(last.as_str())
+    })
+    .await;
+    assert_eq!(first.terminate(secs(20)).await.code(), Some(0));
+}
+
+/// Switching from the stock connector: `import-state` seeds a new WAL from its state, and the
+/// daemon goes on from its position with the next file number, without a gap or a renumbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_state_continues_the_stock_connectors_position_and_numbering() {
+    let sim = start_simulator(simulator_config(705, 800)).await;
+    let ids = sim.live_ids();
+    let (resume, last) = (ids[299].to_string(), ids[ids.len() - 1].to_string());
+    let s3 = TestS3::start();
+    let harness = Harness::new(&sim).s3(&s3, BUCKET);
+    let state = format!(
+        r#"{{"start_from": "{resume}", "last_written_msg_id": "{resume}", "recover_until": false, "file_count": 41}}"#
+    );
+    let imported = harness
+        .run_command(&["import-state", &state], secs(30))
+        .await;
+    assert_eq!(imported.code, Some(0), "{imported:?}");
+    let status = harness.status().await;
+    assert_eq!(status["cursor"], resume.as_str(), "{status:#}");
+    assert_eq!(status["next_file_number"], 42, "{status:#}");
+    assert_eq!(status["recover_until"], "disabled", "{status:#}");
+
+    let mut daemon = harness.spawn();
+    wait_until("the last live event is uploaded", secs(30), || {
+        last_s3_line_id(&s3, BUCKET).as_deref() == Some(last.as_str())
+    })
+    .await;
+    assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
+    let export = read_s3_export_from(&s3, BUCKET, 42).await;
+    export.assert_importable("json");
+    let expected = expected_lines(&sim).await;
+    assert_same_lines(&export.lines, &expected);
+    assert_eq!(
+        line_id(&export.lines[0]),
+        ids[300].to_string(),
+        "resumed after the position"
+    );
+    let request = &sim.served().connections[0].request;
+    assert_eq!(request.last_event_id.as_deref(), Some(resume.as_str()));
+    assert_eq!(
+        request.recover, None,
+        "no recovery: the stock state had none"
+    );
+
+    let again = harness
+        .run_command(&["import-state", &state], secs(30))
+        .await;
+    assert_eq!(
+        again.code,
+        Some(1),
+        "a WAL in use is not seeded again: {again:?}"
     );
 }

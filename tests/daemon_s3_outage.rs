@@ -110,3 +110,52 @@ async fn an_s3_outage_costs_no_reconnection_and_the_backlog_drains_after() {
         "the recovery was logged"
     );
 }
+
+/// S3 down from the start: the bucket cannot even be prepared, yet the stream is read to its end
+/// into the WAL; once S3 is up, the bucket is created and everything uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_at_start_up_does_not_hold_the_stream() {
+    let sim = start_simulator(simulator_config(202, 600)).await;
+    let last = sim.live_ids().last().expect("a live log").to_string();
+    let s3 = TestS3::start();
+    s3.stop();
+    let harness = Harness::new(&sim)
+        .s3(&s3, BUCKET)
+        .live_log_only(&sim)
+        .set("WRITE_MAX_BYTES", "128KiB");
+    let wal = harness.wal_dir();
+
+    let mut daemon = harness.spawn();
+    wait_until(
+        "the whole stream read and sealed while S3 is down",
+        secs(30),
+        || {
+            let served_last = sim
+                .served()
+                .connections
+                .iter()
+                .flat_map(|c| c.keys())
+                .any(|key| key.id.to_string() == last);
+            served_last && segment_files(&wal) >= 5
+        },
+    )
+    .await;
+    assert!(!s3.bucket_exists(BUCKET), "the bucket could not be created");
+
+    s3.restart();
+    wait_until("the last live event is uploaded", secs(30), || {
+        last_s3_line_id(&s3, BUCKET).as_deref() == Some(last.as_str())
+    })
+    .await;
+    assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
+    let export = read_s3_export(&s3, BUCKET).await;
+    export.assert_importable("json");
+    assert_same_lines(&export.lines, &expected_lines(&sim).await);
+    assert_eq!(sim.connection_attempts(), 1, "no reconnection to OpenCTI");
+    assert!(
+        !daemon
+            .log_messages("cannot prepare the destination")
+            .is_empty(),
+        "the failure to create the bucket was logged"
+    );
+}

@@ -10,7 +10,7 @@
 //! let mut daemon = harness.spawn();
 //! wait_until("everything uploaded", secs(30), || ...).await;
 //! assert_eq!(daemon.terminate(secs(20)).await.code(), Some(0));
-//! let export = read_s3_export(&s3, BUCKET, FOLDER).await;
+//! let export = read_s3_export(&s3, BUCKET).await;
 //! ```
 //!
 //! On a failing test the logs of every run of the daemon are printed (most recent last), so a
@@ -198,11 +198,6 @@ impl Harness {
     /// The directory of the daemon's WAL.
     pub fn wal_dir(&self) -> PathBuf {
         self.work.path().join("wal")
-    }
-
-    /// A scratch directory private to this test.
-    pub fn scratch(&self) -> &Path {
-        self.work.path()
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -436,7 +431,10 @@ pub async fn expected_lines(sim: &SimulatorHandle) -> Vec<Bytes> {
         .next()
         .expect("the daemon connected to the simulator");
     let request = first.request.clone();
-    let twin = start_simulator(sim.config().clone()).await;
+    // Pacing changes when events are sent, never their bytes.
+    let mut config = sim.config().clone();
+    config.rate = None;
+    let twin = start_simulator(config).await;
     let last = twin.live_ids().last().expect("a live log").to_string();
     let mut url = format!("{}{}", twin.url(), request.path);
     if let Some(query) = &request.query {
@@ -567,10 +565,13 @@ pub struct Export {
     pub lines: Vec<Bytes>,
     /// What the importer's algorithm found (`crate::readback`), through the sink's own listing.
     pub readback: ReadbackReport,
+    /// The number the importer expects first.
+    pub first_number: u64,
 }
 
 impl Export {
-    /// Panics unless the files are numbered 1, 2, 3, … without a gap in listing order, named
+    /// Panics unless the files are numbered from [`Export::first_number`] (1, 2, 3, …) without
+    /// a gap in listing order, named
     /// `{FOLDER}/stream_<13 digits>_<n>.<extension>` with strictly increasing timestamps, end
     /// with a newline, and the importer's algorithm found no problem.
     pub fn assert_importable(&self, extension: &str) {
@@ -637,7 +638,7 @@ impl Export {
 
     fn check_files(&self, extension: &str) {
         for (index, file) in self.files.iter().enumerate() {
-            let expected = index as u64 + 1;
+            let expected = self.first_number + index as u64;
             assert_eq!(
                 file.number, expected,
                 "file {} is number {} but the importer expects {expected}",
@@ -749,8 +750,14 @@ pub fn s3_keys(s3: &TestS3, bucket: &str) -> Vec<String> {
 }
 
 /// Reads the export in `bucket` of `s3`: the objects from the server's disk, and the importer's
-/// algorithm through a real S3 listing (SigV4).
+/// algorithm through a real S3 listing (SigV4), expecting file 1 first.
 pub async fn read_s3_export(s3: &TestS3, bucket: &str) -> Export {
+    read_s3_export_from(s3, bucket, 1).await
+}
+
+/// [`read_s3_export`] for an importer that expects file `first_number` first (its
+/// `file_count` + 1).
+pub async fn read_s3_export_from(s3: &TestS3, bucket: &str, first_number: u64) -> Export {
     let files: Vec<ExportedFile> = s3_keys(s3, bucket)
         .into_iter()
         .map(|key| {
@@ -759,11 +766,12 @@ pub async fn read_s3_export(s3: &TestS3, bucket: &str) -> Export {
         })
         .collect();
     let sink = S3Sink::new(s3.settings(bucket)).expect("an S3 client");
-    let readback = importer_read_back(&sink).await;
+    let readback = importer_read_back(&sink, first_number).await;
     Export {
         lines: split_lines(&files),
         files,
         readback,
+        first_number,
     }
 }
 
@@ -779,16 +787,17 @@ pub async fn read_dir_export(root: &Path) -> Export {
         let body = std::fs::read(root.join(&object.key)).expect("a listed file is readable");
         files.push(exported_file(object.key, body));
     }
-    let readback = importer_read_back(&sink).await;
+    let readback = importer_read_back(&sink, 1).await;
     Export {
         lines: split_lines(&files),
         files,
         readback,
+        first_number: 1,
     }
 }
 
-async fn importer_read_back(sink: &dyn Sink) -> ReadbackReport {
-    read_back(sink, &format!("{FOLDER}/"), 1, |_| {}, |_, _| {})
+async fn importer_read_back(sink: &dyn Sink, first_number: u64) -> ReadbackReport {
+    read_back(sink, &format!("{FOLDER}/"), first_number, |_| {}, |_, _| {})
         .await
         .expect("reading the export back")
 }
