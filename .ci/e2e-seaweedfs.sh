@@ -75,8 +75,16 @@ SIMULATOR_TOKEN="$token" "$bin" simulate --port "$sim_port" --events "$events" -
 sim_pid=$!
 pids+=($sim_pid)
 wait_for 30 grep -q "OpenCTI simulator at" "$work/simulator.log" || fail "the simulator did not start"
+first_id=$(sed -n 's/.*ids \([0-9-]*\) \.\. [0-9-]*;.*/\1/p' "$work/simulator.log" | head -n 1)
 last_id=$(sed -n 's/.*ids [0-9-]* \.\. \([0-9-]*\);.*/\1/p' "$work/simulator.log" | head -n 1)
-[ -n "$last_id" ] || fail "cannot read the simulator's last event id"
+[ -n "$first_id" ] && [ -n "$last_id" ] || fail "cannot read the simulator's event ids"
+# First start as pycti: from 0-0 with recovery; recover until just before the live log, so the
+# run has both a recovery and every live event (creates, updates, deletes, merges, files).
+recover_until=$("$venv/bin/python" -c '
+import datetime, sys
+ms = int(sys.argv[1].split("-")[0]) - 1
+print(datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+' "$first_id")
 
 echo "e2e: starting the exporter (release binary) towards SeaweedFS"
 metrics_port=$(free_port)
@@ -84,6 +92,7 @@ env -i PATH="$PATH" HOME="$work" \
   OPENCTI_URL="http://127.0.0.1:$sim_port" OPENCTI_TOKEN="$token" \
   CONNECTOR_ID=3c6d1e0a-5b7f-4c2d-9e8a-1f0b2c3d4e5f CONNECTOR_NAME=e2e-exporter \
   CONNECTOR_LIVE_STREAM_ID="$stream_id" CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES=false \
+  CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE="$recover_until" \
   MINIO_ENDPOINT=127.0.0.1 MINIO_PORT="$s3_port" MINIO_BUCKET=opencti-export MINIO_FOLDER=opencti-stream \
   MINIO_ACCESS_KEY="$access_key" MINIO_SECRET_KEY="$secret_key" MINIO_SECURE=false \
   WRITE_EVERY_SEC=2 WRITE_MAX_BYTES=4MiB WAL_DIR="$work/wal" \

@@ -57,7 +57,10 @@ def main() -> int:
             events.append([content.get("id"), content["type"], content["data"].get("id")])
         file_count = expected
 
-    summary = {"files": file_count, "lines": lines, "problems": problems[:10]}
+    types = {}
+    for _, kind, _ in events:
+        types[kind] = types.get(kind, 0) + 1
+    summary = {"files": file_count, "lines": lines, "types": types, "problems": problems[:10]}
     if expect_file is not None:
         with open(expect_file, encoding="utf-8") as handle:
             expected_events = json.load(handle)

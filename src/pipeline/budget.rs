@@ -8,7 +8,7 @@
 //!
 //! - **the database**: its size as last measured, plus every admitted commit that no fresh
 //!   measurement includes yet, at raw size (what it can add at most), plus one
-//!   [`DATABASE_GROWTH_STEP`] kept free, because the file grows a whole segment at a time. The
+//!   [`wal::DATABASE_GROWTH_BYTES`] kept free, because the file grows a whole segment at a time. The
 //!   file never shrinks: sealing frees space inside it, which later commits reuse;
 //! - **the segments**: those on disk, plus every record not sealed yet (the unsealed backlog
 //!   and the commits not yet durable), at raw size, because each will be sealed into a segment
@@ -59,10 +59,6 @@ use wal::DiskUsage;
 
 /// Fraction of the limit usage must fall to before reading resumes.
 const RESUME_RATIO: f64 = 0.9;
-
-/// How much the WAL's database file can grow at once, however small the commit: sled 0.34
-/// extends its file by whole segments, 512 KiB by default (the WAL keeps the default).
-pub const DATABASE_GROWTH_STEP: u64 = 512 * 1024;
 
 /// Shared view of the disk budget: decides admission, and publishes whether the stream may
 /// read (the `accepting` watch the stream client follows).
@@ -120,7 +116,7 @@ impl WalFigures {
 
 impl Budget {
     /// A budget of `max_bytes` keeping `reserve_bytes` (at most half of it) free besides what it
-    /// counts: [`DATABASE_GROWTH_STEP`] for the WAL.
+    /// counts: [`wal::DATABASE_GROWTH_BYTES`] for the WAL.
     pub fn new(max_bytes: u64, reserve_bytes: u64) -> Self {
         let (accepting, _) = watch::channel(true);
         Self {

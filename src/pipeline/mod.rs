@@ -139,10 +139,7 @@ impl PipelineStats {
             committer: Arc::new(CommitterStats::default()),
             compactor: Arc::new(CompactorStats::default()),
             uploader: Arc::new(UploaderStats::default()),
-            budget: Arc::new(Budget::new(
-                settings.max_bytes,
-                budget::DATABASE_GROWTH_STEP,
-            )),
+            budget: Arc::new(Budget::new(settings.max_bytes, wal::DATABASE_GROWTH_BYTES)),
         }
     }
 }
@@ -286,5 +283,6 @@ async fn join<T>(handle: JoinHandle<T>) -> Result<T, PipelineError> {
         .map_err(|err| PipelineError::Task(err.to_string()))
 }
 
-/// How long an upload in flight may still run after a shutdown request.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long an upload in flight may still run after a shutdown request: less than the 10 s
+/// `docker stop` waits before SIGKILL, so the daemon exits on its own with code 0.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);

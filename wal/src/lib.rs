@@ -127,7 +127,7 @@ pub use segment::{SegmentMeta, SegmentReader, StoredSegmentReader};
 pub use state::{
     FIRST_FILE_NUMBER, InitialState, RecoverUntil, StateChange, UploadRecord, WalState,
 };
-pub use usage::{Backlog, DiskUsage, FS_RESERVE_BYTES, WalStats};
+pub use usage::{Backlog, DATABASE_GROWTH_BYTES, DiskUsage, FS_RESERVE_BYTES, WalStats};
 pub use wal::Wal;
 
 #[cfg(test)]

@@ -8,6 +8,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How much the database file can grow in one commit: sled's log grows by whole segments of
+/// this size (sled's default `segment_size`, which this crate keeps) and never shrinks. A
+/// caller keeping a budget should keep this much free.
+pub const DATABASE_GROWTH_BYTES: u64 = 512 * 1024;
+
 /// Free filesystem space under which [`DiskUsage::is_full`] reports full whatever the budget:
 /// sled must never hit a full disk in the middle of a write.
 pub const FS_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
