@@ -77,6 +77,9 @@ fn log_recovery(wal: &Wal, report: &RecoveryReport) {
 /// OpenCTI's origin, no overall timeout (the stream is one long response).
 pub fn opencti_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     let base = reqwest::Url::parse(&config.opencti.url).context("parsing OPENCTI_URL")?;
+    if !config.opencti.tls.verify {
+        warn_unverified("OPENCTI_SSL_VERIFY=false", "OpenCTI");
+    }
     crate::tls::reqwest_client_builder(&config.opencti.tls)
         .context("configuring TLS for OpenCTI (OPENCTI_CA_FILE)")?
         .user_agent(USER_AGENT)
@@ -85,6 +88,14 @@ pub fn opencti_client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .tcp_keepalive(Duration::from_secs(30))
         .build()
         .context("building the HTTP client for OpenCTI")
+}
+
+/// Logs, once per client built, that `peer`'s certificate is not checked because of `setting`.
+fn warn_unverified(setting: &str, peer: &str) {
+    tracing::warn!(
+        "TLS certificate verification is disabled for {peer} ({setting}): any server certificate \
+         is accepted; the connection is encrypted but the server is not authenticated"
+    );
 }
 
 /// The stream client's settings.
@@ -123,6 +134,9 @@ pub fn sink(config: &Config) -> anyhow::Result<Arc<dyn Sink>> {
             );
             settings.region = s3.region.clone();
             settings.tls = s3.tls.clone();
+            if s3.secure && !s3.tls.verify {
+                warn_unverified("MINIO_CERT_CHECK=false", "S3");
+            }
             settings.request_checksums = s3.checksums;
             settings.response_checksums = s3.checksums;
             settings.multipart_threshold = config.upload.multipart_threshold;

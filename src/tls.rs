@@ -16,7 +16,6 @@
 //! back to the system roots.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -95,7 +94,6 @@ pub fn reqwest_client_builder(options: &TlsOptions) -> Result<reqwest::ClientBui
         }
     }
     if !options.verify {
-        warn_verification_disabled();
         builder = builder.danger_accept_invalid_certs(true);
     }
     Ok(builder)
@@ -131,15 +129,6 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certificates)
 }
 
-fn warn_verification_disabled() {
-    static WARNED: Once = Once::new();
-    WARNED.call_once(|| {
-        tracing::warn!(
-            "TLS certificate verification is disabled (cert_check=false): any server certificate \
-             is accepted, the connection is encrypted but the server is not authenticated"
-        );
-    });
-}
 
 #[cfg(test)]
 mod tests {
@@ -193,39 +182,6 @@ mod tests {
             matches!(err, Some(TlsError::InvalidCertificate { .. })),
             "{err:?}"
         );
-    }
-
-    #[test]
-    fn disabling_verification_logs_a_warning() {
-        use std::sync::{Arc, Mutex};
-
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let options = TlsOptions {
-            verify: false,
-            ca_file: None,
-        };
-        tracing::subscriber::with_default(subscriber, || {
-            reqwest_client_builder(&options).unwrap().build().unwrap();
-        });
-        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        assert!(logged.contains("WARN"), "{logged}");
-        assert!(logged.contains("verification is disabled"), "{logged}");
     }
 
     #[test]
