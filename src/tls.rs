@@ -129,7 +129,6 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certificates)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
