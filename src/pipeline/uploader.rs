@@ -371,6 +371,8 @@ impl Uploader {
             .fetch_add(millis, Ordering::Relaxed);
         self.stats.duration.observe(took.as_secs_f64());
         self.budget.refresh(&WalFigures::of(&self.wal));
+        // The upload's buffers and contexts were just freed.
+        crate::allocator::release_free_memory();
         tracing::info!(
             key,
             file_number = number,

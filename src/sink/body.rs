@@ -239,10 +239,12 @@ pub(crate) fn body_error(err: &io::Error, what: &str) -> SinkError {
     SinkError::new(kind, format!("{what}: reading the body failed: {err}"))
 }
 
-/// Size of the chunks read from a body and handed to the HTTP client.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Size of the chunks read from a body and handed to the HTTP client: below the allocator's
+/// mmap threshold ([`crate::allocator::MMAP_THRESHOLD`]), so that a chunk is not a mapping of its
+/// own, page-faulted in and unmapped each time.
+const CHUNK_BYTES: usize = 128 * 1024;
 /// Chunks read ahead of the HTTP client: with [`CHUNK_BYTES`], at most 1 MiB in this queue.
-const CHUNKS_AHEAD: usize = 4;
+const CHUNKS_AHEAD: usize = 8;
 
 /// Streams `source` as an HTTP body, reading it on the blocking pool, at most a few chunks
 /// ahead of the network.
