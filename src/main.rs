@@ -11,6 +11,7 @@ use opencti_stream_exporter::config::{Config, ConfigError, LogFormat, Source};
 use opencti_stream_exporter::{commands, daemon, logging};
 
 fn main() -> ExitCode {
+    opencti_stream_exporter::allocator::tune();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,8 +23,8 @@ async fn a_configuration_error_exits_with_2_and_one_line_naming_the_variable() {
         ("MINIO_PORT", Some("nine thousand"), "MINIO_PORT"),
         ("MINIO_COMPRESSION", Some("gzip"), "MINIO_COMPRESSION"),
         ("WAL_MAX_BYTES", Some("512KiB"), "WAL_MAX_BYTES"),
-        // Twice WRITE_MAX_BYTES (64 MiB by default) is the least WAL_MAX_BYTES may be.
-        ("WAL_MAX_BYTES", Some("100MiB"), "WAL_MAX_BYTES"),
+        // Twice WRITE_MAX_BYTES (16 MiB by default) is the least WAL_MAX_BYTES may be.
+        ("WAL_MAX_BYTES", Some("24MiB"), "WAL_MAX_BYTES"),
     ];
     for (variable, value, named) in cases {
         let harness = Harness::new(&sim)

@@ -322,7 +322,7 @@ setting!(
     WRITE_MAX_BYTES,
     "WRITE_MAX_BYTES",
     [&["write", "max_bytes"]],
-    Some("64MiB"),
+    Some("16MiB"),
     false,
     "Largest file (raw NDJSON); a file is sealed sooner when it reaches it. One bigger event gets a file of its own."
 );

@@ -54,7 +54,7 @@ fn defaults_match_the_documented_table() {
     let config = load(&minimal_env(), None).expect("valid");
     assert_eq!(config.opencti.url, "http://opencti:8080");
     assert_eq!(config.write.every, Duration::from_secs(60));
-    assert_eq!(config.write.max_bytes, 64 << 20);
+    assert_eq!(config.write.max_bytes, 16 << 20);
     assert_eq!(config.wal.max_bytes, 10 << 30);
     assert_eq!(config.wal.dir, PathBuf::from("./data"));
     assert_eq!(config.output.compression, Compression::None);
@@ -209,7 +209,7 @@ fn errors_name_the_variable_and_the_problem() {
         ),
         (with(&[("WAL_MAX_BYTES", "lots")]), "WAL_MAX_BYTES", "size"),
         (
-            with(&[("WAL_MAX_BYTES", "100MiB")]),
+            with(&[("WAL_MAX_BYTES", "24MiB")]),
             "WAL_MAX_BYTES",
             "twice WRITE_MAX_BYTES",
         ),

@@ -73,6 +73,8 @@ pub async fn run(
                         "sealed a segment"
                     );
                     sealed.notify_one();
+                    // The seal's buffers and contexts were just freed.
+                    crate::allocator::release_free_memory();
                     // After an interval seal the clock restarts; after a size seal, seal again at
                     // once if another full file is waiting.
                     if !full_file_waiting {

@@ -297,9 +297,10 @@ impl Uploader {
         let number = segment.number;
         match self.settings.compression {
             Compression::None => {
-                // Opening checks that the file is there; the reader checks size and MD5 at EOF.
+                // Opening checks that the file is there; the reader checks size and MD5 at EOF
+                // (so the sink need not hash the bytes again).
                 drop(wal.open_segment(number)?);
-                Ok(BodySource::new(
+                Ok(BodySource::self_checking(
                     segment.raw_bytes,
                     segment.raw_md5,
                     move || {
@@ -311,7 +312,7 @@ impl Uploader {
             }
             Compression::Zstd => {
                 drop(wal.open_segment_stored(number)?);
-                Ok(BodySource::new(
+                Ok(BodySource::self_checking(
                     segment.stored_bytes,
                     segment.stored_md5,
                     move || {
@@ -370,6 +371,8 @@ impl Uploader {
             .fetch_add(millis, Ordering::Relaxed);
         self.stats.duration.observe(took.as_secs_f64());
         self.budget.refresh(&WalFigures::of(&self.wal));
+        // The upload's buffers and contexts were just freed.
+        crate::allocator::release_free_memory();
         tracing::info!(
             key,
             file_number = number,

@@ -54,6 +54,17 @@ pub struct SimulateArgs {
     /// JSON array of `[id, type, data.id]`, for an end-to-end check of an export.
     #[arg(long, value_name = "FILE")]
     pub served_log: Option<std::path::PathBuf>,
+    /// Render the whole initial log before serving, so serving costs no rendering (as fast as
+    /// possible: for benchmarks). Needs `--frame-cache-mib` of about 2.3 KB per event.
+    #[arg(long)]
+    pub prerender: bool,
+    /// MiB of rendered frames kept for reuse by later connections (and by `--prerender`).
+    #[arg(long, default_value_t = 256)]
+    pub frame_cache_mib: usize,
+    /// Keep only counters of what was served, not the per-event log (memory for millions of
+    /// events); `--served-log` then writes an empty list.
+    #[arg(long)]
+    pub no_served_events: bool,
 }
 
 /// Runs a simulator until `shutdown` is cancelled; prints its URL and what it serves.
@@ -132,6 +143,9 @@ fn config_from(args: &SimulateArgs) -> SimulatorConfig {
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         rate: args.rate,
         clock,
+        record_events: !args.no_served_events,
+        frame_cache_bytes: args.frame_cache_mib.saturating_mul(1 << 20),
+        prerender: args.prerender,
         ..SimulatorConfig::default()
     }
 }

@@ -35,6 +35,8 @@ pub struct BodySource {
     /// MD5 of the bytes (sent as `Content-MD5`).
     pub md5: [u8; 16],
     open: Arc<OpenFn>,
+    /// The readers check `len` and `md5` themselves (see [`BodySource::self_checking`]).
+    self_checking: bool,
 }
 
 impl BodySource {
@@ -48,6 +50,22 @@ impl BodySource {
             len,
             md5,
             open: Arc::new(open),
+            self_checking: false,
+        }
+    }
+
+    /// Like [`BodySource::new`], for readers that already check their bytes: each one fails
+    /// with `io::ErrorKind::InvalidData` instead of reaching EOF unless it yielded exactly `len`
+    /// bytes with MD5 `md5` (as the WAL's segment readers do). Sinks then still count the bytes
+    /// but do not hash them a second time, which saves one MD5 pass over every upload.
+    pub fn self_checking(
+        len: u64,
+        md5: [u8; 16],
+        open: impl Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            self_checking: true,
+            ..Self::new(len, md5, open)
         }
     }
 
@@ -77,7 +95,8 @@ impl BodySource {
     /// A reader that yields this body's bytes and fails instead of reaching EOF when they are
     /// not exactly `len` bytes with MD5 `md5`.
     pub(crate) fn open_checked(&self) -> io::Result<CheckedReader> {
-        Ok(CheckedReader::new(self.open()?, self.len, self.md5))
+        let md5 = (!self.self_checking).then_some(self.md5);
+        Ok(CheckedReader::new(self.open()?, self.len, md5))
     }
 }
 
@@ -96,11 +115,13 @@ impl fmt::Debug for BodySource {
 pub(crate) struct BodyMismatch(String);
 
 /// Wraps a body reader: counts and hashes the bytes, fails as soon as there are more than
-/// `len`, and at EOF fails unless exactly `len` bytes with the expected MD5 went through.
+/// `len`, and at EOF fails unless exactly `len` bytes with the expected MD5 went through. For a
+/// self-checking body ([`BodySource::self_checking`]) it leaves the MD5 to the inner reader.
 pub(crate) struct CheckedReader {
     inner: Box<dyn Read + Send>,
     expected_len: u64,
-    expected_md5: [u8; 16],
+    /// `None` when the inner reader checks the MD5 itself.
+    expected_md5: Option<[u8; 16]>,
     read: u64,
     hasher: Md5,
     /// Set once EOF was reached and checked: later reads keep returning `Ok(0)`.
@@ -108,7 +129,7 @@ pub(crate) struct CheckedReader {
 }
 
 impl CheckedReader {
-    fn new(inner: Box<dyn Read + Send>, expected_len: u64, expected_md5: [u8; 16]) -> Self {
+    fn new(inner: Box<dyn Read + Send>, expected_len: u64, expected_md5: Option<[u8; 16]>) -> Self {
         Self {
             inner,
             expected_len,
@@ -167,14 +188,16 @@ impl CheckedReader {
                 self.read, self.expected_len
             )));
         }
-        let actual: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
-        if actual != self.expected_md5 {
-            let b64 = base64::engine::general_purpose::STANDARD;
-            return Err(mismatch(format!(
-                "the body's MD5 is {}, {} was declared",
-                b64.encode(actual),
-                b64.encode(self.expected_md5)
-            )));
+        if let Some(expected) = self.expected_md5 {
+            let actual: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
+            if actual != expected {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                return Err(mismatch(format!(
+                    "the body's MD5 is {}, {} was declared",
+                    b64.encode(actual),
+                    b64.encode(expected)
+                )));
+            }
         }
         self.verified = true;
         Ok(())
@@ -199,7 +222,9 @@ impl Read for CheckedReader {
                 self.expected_len
             )));
         }
-        self.hasher.update(&buf[..n]);
+        if self.expected_md5.is_some() {
+            self.hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -214,10 +239,12 @@ pub(crate) fn body_error(err: &io::Error, what: &str) -> SinkError {
     SinkError::new(kind, format!("{what}: reading the body failed: {err}"))
 }
 
-/// Size of the chunks read from a body and handed to the HTTP client.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Size of the chunks read from a body and handed to the HTTP client: below the allocator's
+/// mmap threshold ([`crate::allocator::MMAP_THRESHOLD`]), so that a chunk is not a mapping of its
+/// own, page-faulted in and unmapped each time.
+const CHUNK_BYTES: usize = 128 * 1024;
 /// Chunks read ahead of the HTTP client: with [`CHUNK_BYTES`], at most 1 MiB in this queue.
-const CHUNKS_AHEAD: usize = 4;
+const CHUNKS_AHEAD: usize = 8;
 
 /// Streams `source` as an HTTP body, reading it on the blocking pool, at most a few chunks
 /// ahead of the network.
@@ -358,6 +385,44 @@ mod tests {
         let err = drain(&bad).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("MD5"), "{err}");
+    }
+
+    #[test]
+    fn a_self_checking_body_is_counted_not_hashed_again() {
+        // The declared MD5 is wrong, but the reader is trusted to check it: only the length is
+        // checked here.
+        let trusting = BodySource::self_checking(6, [0; 16], || {
+            Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
+        });
+        assert_eq!(drain(&trusting).unwrap(), b"hello\n");
+        let short = BodySource::self_checking(7, [0; 16], || {
+            Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
+        });
+        assert!(
+            drain(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("ended after 6")
+        );
+        // Its reader's own failure is what the sink reports.
+        let failing = BodySource::self_checking(6, [0; 16], || {
+            Ok(Box::new(FailingAtEof(io::Cursor::new(b"hello\n".to_vec())))
+                as Box<dyn Read + Send>)
+        });
+        let err = drain(&failing).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Yields its bytes, then fails where EOF would be (a self-checking reader finding damage).
+    struct FailingAtEof(io::Cursor<Vec<u8>>);
+
+    impl Read for FailingAtEof {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::new(io::ErrorKind::InvalidData, "damaged")),
+                n => Ok(n),
+            }
+        }
     }
 
     #[test]

@@ -138,8 +138,35 @@ impl SseFramer {
     }
 
     /// Feeds one chunk of the body and appends every frame it completes to `out`, in order.
+    ///
+    /// Frames complete within `chunk` are slices of it; what the framer keeps of an event that
+    /// continues in the next chunk is copied, so that once the caller dropped the frames nothing
+    /// refers to `chunk` any more and the HTTP client can reuse its read buffer (instead of
+    /// allocating a fresh one for every chunk).
     pub fn push(&mut self, chunk: Bytes, out: &mut Vec<SseFrame>) {
-        let mut pos = self.skip_bom(&chunk);
+        self.push_lines(&chunk, out);
+        self.release_chunk(&chunk);
+    }
+
+    /// Replaces the slices of `chunk` held by the unfinished event with copies (at most one
+    /// event's fields: a few KB per chunk).
+    fn release_chunk(&mut self, chunk: &Bytes) {
+        let range = chunk.as_ptr_range();
+        let copy = |field: &mut Bytes| {
+            if range.contains(&field.as_ptr()) {
+                *field = Bytes::copy_from_slice(field);
+            }
+        };
+        if let DataBuffer::One(data) = &mut self.data {
+            copy(data);
+        }
+        for field in [&mut self.id, &mut self.event].into_iter().flatten() {
+            copy(field);
+        }
+    }
+
+    fn push_lines(&mut self, chunk: &Bytes, out: &mut Vec<SseFrame>) {
+        let mut pos = self.skip_bom(chunk);
         if pos < chunk.len() && self.skip_leading_lf {
             self.skip_leading_lf = false;
             if chunk[pos] == b'\n' {
@@ -485,6 +512,25 @@ mod tests {
             matches!(&frames[0], SseFrame::Oversized(o) if o.id.as_deref() == Some(b"3-0".as_slice()))
         );
         assert_eq!(frames[1], event(None, None, "a"));
+    }
+
+    #[test]
+    fn an_unfinished_event_keeps_no_slice_of_the_chunk() {
+        let chunk = Bytes::from_static(b"id: 1-0\nevent: create\ndata: payload\n");
+        let range = chunk.as_ptr_range();
+        let mut framer = SseFramer::new(64);
+        let mut out = Vec::new();
+        framer.push(chunk, &mut out);
+        assert!(out.is_empty());
+        let DataBuffer::One(data) = &framer.data else {
+            panic!("data not kept");
+        };
+        assert!(!range.contains(&data.as_ptr()), "data still refers to the chunk");
+        for field in [&framer.id, &framer.event].into_iter().flatten() {
+            assert!(!range.contains(&field.as_ptr()), "a field still refers to the chunk");
+        }
+        framer.push(Bytes::from_static(b"\n"), &mut out);
+        assert_eq!(out, vec![event(Some("1-0"), Some("create"), "payload")]);
     }
 
     #[test]

@@ -160,7 +160,10 @@ pub fn transform(
         } => Ok(Transformed::NeedsFiles(PendingFiles {
             id: id.to_owned(),
             action,
-            payload: payload.clone(),
+            // A copy: the payload is usually a slice of the network read buffer, which this
+            // event would otherwise keep alive (and the HTTP client unable to reuse) for as long
+            // as its files take to download.
+            payload: Bytes::copy_from_slice(payload),
             files,
             holds_cursor,
             options,
