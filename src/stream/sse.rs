@@ -525,9 +525,15 @@ mod tests {
         let DataBuffer::One(data) = &framer.data else {
             panic!("data not kept");
         };
-        assert!(!range.contains(&data.as_ptr()), "data still refers to the chunk");
+        assert!(
+            !range.contains(&data.as_ptr()),
+            "data still refers to the chunk"
+        );
         for field in [&framer.id, &framer.event].into_iter().flatten() {
-            assert!(!range.contains(&field.as_ptr()), "a field still refers to the chunk");
+            assert!(
+                !range.contains(&field.as_ptr()),
+                "a field still refers to the chunk"
+            );
         }
         framer.push(Bytes::from_static(b"\n"), &mut out);
         assert_eq!(out, vec![event(Some("1-0"), Some("create"), "payload")]);
