@@ -1,4 +1,4 @@
-//! Seal throughput in MB/s of raw NDJSON: 16 MiB and 64 MiB (the daemon's default largest file)
+//! Seal throughput in MB/s of raw NDJSON: 16 MiB (the daemon's default largest file) and 64 MiB
 //! of 2 KB records appended (untimed) in commits of about 1 MiB, then one timed seal of all of it
 //! (decompress, MD5 of raw and stored bytes, copy of the stored frames, fsync, rename, directory
 //! fsync, and the registering commit); and the light-load case, where every record was its own
