@@ -149,7 +149,7 @@ impl Simulator {
     pub fn start(exe: &Path, events: u64, dir: &Path) -> anyhow::Result<Self> {
         // Frames are about 2.3 KB: room for all of them, so every connection is served from
         // the pre-rendered cache.
-        let cache_mib = (events * 2_600 >> 20) + 64;
+        let cache_mib = ((events * 2_600) >> 20) + 64;
         let mut command = Command::new(exe);
         command
             .args(["simulate", "--port", "0", "--events"])

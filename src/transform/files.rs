@@ -183,33 +183,29 @@ pub(crate) fn write_data_with_files(
     out.push(b'}');
 }
 
+/// Writes `extensions` with the `files` member of extension `extension_id` replaced by
+/// `files_list`; everything else is copied as it came.
 fn write_extensions(
     out: &mut Vec<u8>,
     extensions: &RawValue,
     extension_id: &str,
     files_list: &[u8],
 ) {
-    let Some(members) = json::object_members(extensions) else {
-        out.extend_from_slice(extensions.get().as_bytes());
-        return;
-    };
-    out.push(b'{');
-    for (index, (key, value)) in members.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        json::write_key(out, key);
-        out.push(b':');
-        if key == extension_id {
-            write_replacing_member(out, value, "files", files_list);
-        } else {
-            out.extend_from_slice(value.get().as_bytes());
-        }
-    }
-    out.push(b'}');
+    write_replacing_member(out, extensions, extension_id, |out, extension| {
+        write_replacing_member(out, extension, "files", |out, _| {
+            out.extend_from_slice(files_list)
+        });
+    });
 }
 
-fn write_replacing_member(out: &mut Vec<u8>, object: &RawValue, name: &str, replacement: &[u8]) {
+/// Writes `object` with its member `name` written by `replace` (given the member's old value),
+/// every other member copied as it came. A value that is not an object is copied unchanged.
+fn write_replacing_member(
+    out: &mut Vec<u8>,
+    object: &RawValue,
+    name: &str,
+    replace: impl Fn(&mut Vec<u8>, &RawValue),
+) {
     let Some(members) = json::object_members(object) else {
         out.extend_from_slice(object.get().as_bytes());
         return;
@@ -222,7 +218,7 @@ fn write_replacing_member(out: &mut Vec<u8>, object: &RawValue, name: &str, repl
         json::write_key(out, key);
         out.push(b':');
         if key == name {
-            out.extend_from_slice(replacement);
+            replace(out, value);
         } else {
             out.extend_from_slice(value.get().as_bytes());
         }
