@@ -421,18 +421,27 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 /// `VmHWM` (peak resident set) and `VmRSS` of `pid`, in bytes.
 pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    Ok((status_bytes(pid, "VmHWM:")?, status_bytes(pid, "VmRSS:")?))
+}
+
+/// `RssAnon` of `pid` in bytes: the resident memory that is the process's own (heap, stacks),
+/// without the pages of its executable and libraries mapped from files (`RssFile`), which are
+/// shared and which the kernel can drop and read again.
+pub fn anonymous_rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A field of `/proc/<pid>/status` given in kB, in bytes.
+fn status_bytes(pid: u32, name: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
 }
 
 /// Bytes allocated on disk under `dir` (blocks, not apparent sizes).
