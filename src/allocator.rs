@@ -18,6 +18,9 @@
 //! does not matter).
 //!
 //! Other C libraries (musl) are left alone: these are glibc's knobs.
+//!
+//! mimalloc as the global allocator was measured too (`cargo bench --bench e2e`): 10 % less CPU
+//! per event, but 200–255 MiB peak RSS instead of 52–74 MiB, so glibc stays.
 
 /// Most arenas glibc may create.
 pub const ARENAS: i32 = 2;
