@@ -217,11 +217,13 @@ impl Budget {
     }
 
     /// Re-evaluates after space was freed (an upload) or measured again; resumes reading when
-    /// usage is low enough. Returns whether reading is allowed.
-    pub fn refresh(&self, wal: &WalFigures) -> bool {
+    /// usage is low enough. Returns whether reading is allowed. `figures` is asked only while
+    /// reading is paused (it costs a `statvfs`), so callers need not check first.
+    pub fn refresh(&self, figures: impl FnOnce() -> WalFigures) -> bool {
         if !self.is_paused() {
             return true;
         }
+        let wal = &figures();
         let used = self.estimated_used(wal);
         let resume_at = (self.limit() as f64 * RESUME_RATIO) as u64;
         let room = used.saturating_add(self.refused_bytes.load(Ordering::Relaxed)) <= resume_at;
@@ -284,7 +286,7 @@ pub async fn recheck_while_paused(budget: Arc<Budget>, wal: wal::Wal, cancel: Ca
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(RECHECK_PERIOD) => {}
             }
-            budget.refresh(&WalFigures::of(&wal));
+            budget.refresh(|| WalFigures::of(&wal));
         }
     }
 }
@@ -386,7 +388,7 @@ mod tests {
         // Uploads free the segments; the database measures the same size as before.
         let mark = budget.measure_mark();
         budget.measured(mark);
-        assert!(budget.refresh(&figures(300, 0, 0)));
+        assert!(budget.refresh(|| figures(300, 0, 0)));
         assert!(*accepting.borrow());
     }
 
@@ -395,12 +397,12 @@ mod tests {
         let budget = Budget::new(1000, 100);
         let accepting = budget.accepting();
         assert!(!budget.admit(&figures(750, 100, 0), 50));
-        assert!(!budget.refresh(&figures(750, 100, 0)));
+        assert!(!budget.refresh(|| figures(750, 100, 0)));
         // Below the mark (810), but not with the refused commit (2 × 50) on top.
-        assert!(!budget.refresh(&figures(700, 100, 0)));
-        assert!(!budget.refresh(&figures(611, 100, 0)));
+        assert!(!budget.refresh(|| figures(700, 100, 0)));
+        assert!(!budget.refresh(|| figures(611, 100, 0)));
         assert!(!*accepting.borrow());
-        assert!(budget.refresh(&figures(610, 100, 0)));
+        assert!(budget.refresh(|| figures(610, 100, 0)));
         assert!(*accepting.borrow());
         assert!(!budget.is_paused());
     }
@@ -411,7 +413,7 @@ mod tests {
         let mut low = figures(0, 0, 0);
         low.usage.fs_available_bytes = Some(1);
         assert!(!budget.admit(&low, 1));
-        assert!(!budget.refresh(&low));
+        assert!(!budget.refresh(|| low));
     }
 
     #[test]
@@ -420,7 +422,7 @@ mod tests {
         // Something could still be freed: refused.
         assert!(!budget.admit(&figures(100, 10, 0), 600));
         // Nothing is: admitted alone, and reading goes on.
-        assert!(budget.refresh(&figures(100, 0, 0)));
+        assert!(budget.refresh(|| figures(100, 0, 0)));
         assert!(budget.admit(&figures(100, 0, 0), 600));
         budget.committed(600);
         // In flight, it holds the next one back.
@@ -433,7 +435,7 @@ mod tests {
     fn reading_resumes_when_only_the_database_file_is_left() {
         let budget = Budget::new(1000, 100);
         assert!(!budget.admit(&figures(850, 100, 0), 10));
-        assert!(!budget.refresh(&figures(850, 50, 0)));
-        assert!(budget.refresh(&figures(850, 0, 0)));
+        assert!(!budget.refresh(|| figures(850, 50, 0)));
+        assert!(budget.refresh(|| figures(850, 0, 0)));
     }
 }

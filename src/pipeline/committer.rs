@@ -368,10 +368,8 @@ impl Committer {
             .durable_latency
             .observe(done.submitted.elapsed().as_secs_f64());
         self.budget.durable(done.raw_bytes);
-        if self.budget.is_paused() {
-            // The last commits in flight may have been all that held reading back.
-            self.budget.refresh(&WalFigures::of(&self.wal));
-        }
+        // The last commits in flight may have been all that held reading back.
+        self.budget.refresh(|| WalFigures::of(&self.wal));
         for (counter, count) in self.stats.events.iter().zip(done.actions) {
             counter.fetch_add(count, Ordering::Relaxed);
         }

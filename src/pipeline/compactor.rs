@@ -58,8 +58,13 @@ pub async fn run(
             let sealing = wal.clone();
             let max_bytes = settings.max_bytes;
             let mark = budget.measure_mark();
-            let result =
-                tokio::task::spawn_blocking(move || sealing.seal(max_bytes, now_ms())).await;
+            let result = tokio::task::spawn_blocking(move || {
+                let outcome = sealing.seal(max_bytes, now_ms());
+                // The seal's buffers and contexts were just freed.
+                crate::allocator::release_free_memory();
+                outcome
+            })
+            .await;
             match result {
                 Ok(Ok(Some(segment))) => {
                     budget.measured(mark);
@@ -73,8 +78,6 @@ pub async fn run(
                         "sealed a segment"
                     );
                     sealed.notify_one();
-                    // The seal's buffers and contexts were just freed.
-                    crate::allocator::release_free_memory();
                     // After an interval seal the clock restarts; after a size seal, seal again at
                     // once if another full file is waiting.
                     if !full_file_waiting {

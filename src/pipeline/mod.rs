@@ -187,7 +187,7 @@ impl Pipeline {
                 source,
             })?;
         let budget = Arc::clone(&stats.budget);
-        budget.refresh(&budget::WalFigures::of(&wal));
+        budget.refresh(|| budget::WalFigures::of(&wal));
         let compactor_wake = Arc::new(Notify::new());
         let sealed = Arc::new(Notify::new());
         let (items_tx, items_rx) = mpsc::channel(settings.queue_size.max(1));

@@ -295,34 +295,25 @@ impl Uploader {
     fn body(&self, segment: &SegmentMeta) -> Result<BodySource, WalError> {
         let wal = self.wal.clone();
         let number = segment.number;
-        match self.settings.compression {
-            Compression::None => {
-                // Opening checks that the file is there; the reader checks size and MD5 at EOF
-                // (so the sink need not hash the bytes again).
-                drop(wal.open_segment(number)?);
-                Ok(BodySource::self_checking(
-                    segment.raw_bytes,
-                    segment.raw_md5,
-                    move || {
-                        wal.open_segment(number)
-                            .map(|reader| Box::new(reader) as Box<dyn std::io::Read + Send>)
-                            .map_err(std::io::Error::other)
-                    },
-                ))
-            }
-            Compression::Zstd => {
-                drop(wal.open_segment_stored(number)?);
-                Ok(BodySource::self_checking(
-                    segment.stored_bytes,
-                    segment.stored_md5,
-                    move || {
-                        wal.open_segment_stored(number)
-                            .map(|reader| Box::new(reader) as Box<dyn std::io::Read + Send>)
-                            .map_err(std::io::Error::other)
-                    },
-                ))
-            }
-        }
+        let stored = self.settings.compression == Compression::Zstd;
+        let open = move || -> Result<Box<dyn std::io::Read + Send>, WalError> {
+            Ok(if stored {
+                Box::new(wal.open_segment_stored(number)?)
+            } else {
+                Box::new(wal.open_segment(number)?)
+            })
+        };
+        // Opening checks that the file is there; the reader checks size and MD5 at EOF (so the
+        // sink need not hash the bytes again).
+        drop(open()?);
+        let (bytes, md5) = if stored {
+            (segment.stored_bytes, segment.stored_md5)
+        } else {
+            (segment.raw_bytes, segment.raw_md5)
+        };
+        Ok(BodySource::self_checking(bytes, md5, move || {
+            open().map_err(std::io::Error::other)
+        }))
     }
 
     /// Reads a segment through to check its checksum (after an integrity failure).
@@ -348,7 +339,13 @@ impl Uploader {
         let wal = self.wal.clone();
         let number = segment.number;
         let mark = self.budget.measure_mark();
-        let marked = tokio::task::spawn_blocking(move || wal.mark_uploaded(number, now_ms())).await;
+        let marked = tokio::task::spawn_blocking(move || {
+            let marked = wal.mark_uploaded(number, now_ms());
+            // The upload's buffers and contexts were just freed.
+            crate::allocator::release_free_memory();
+            marked
+        })
+        .await;
         match marked {
             Ok(Ok(())) => self.budget.measured(mark),
             Ok(Err(err)) => {
@@ -370,9 +367,7 @@ impl Uploader {
             .upload_ms_total
             .fetch_add(millis, Ordering::Relaxed);
         self.stats.duration.observe(took.as_secs_f64());
-        self.budget.refresh(&WalFigures::of(&self.wal));
-        // The upload's buffers and contexts were just freed.
-        crate::allocator::release_free_memory();
+        self.budget.refresh(|| WalFigures::of(&self.wal));
         tracing::info!(
             key,
             file_number = number,
