@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wal::{Group, RecoverUntil, RecoveryReport, StateChange, Wal, WalOptions};
 
+use crate::adopt;
 use crate::config::{Config, Destination};
 use crate::opencti_api::{
     self, ApiContext, ApiSettings, ApiStats, DEFAULT_CALL_TIMEOUT, GraphqlClient, ResetRequest,
@@ -194,6 +195,23 @@ const OPS_STOP_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let wal = open_wal(&config.wal.dir, config.wal.max_bytes)?;
     let first = first_start(&config);
+    let http = opencti_client(&config)?;
+    let sink = sink(&config)?;
+    if config.wal.adopt_delivered && is_unpositioned(&wal) {
+        let outcome = adopt::adopt(
+            &wal,
+            &api_client(&config, http.clone())?,
+            &api_settings(&config),
+            sink.as_ref(),
+            &config.output.folder,
+            &first,
+            &cancel,
+        )
+        .await?;
+        if outcome == adopt::AdoptOutcome::Cancelled {
+            return Ok(());
+        }
+    }
     if seed_first_start(&wal, &first, crate::ids::now_ms())
         .context("recording the first-start position in the WAL")?
     {
@@ -204,7 +222,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             "first start: the stream starts from the configured position, with recovery"
         );
     }
-    let http = opencti_client(&config)?;
     let stats = PipelineStats::new(&pipeline_settings(&config));
     let api_stats = Arc::new(ApiStats::default());
     let view = DaemonView::new(
@@ -240,11 +257,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             budget: Arc::clone(&stats.budget),
             stats: api_stats,
             resets: resets_tx,
+            uploaded: Arc::clone(&stats.uploader.uploaded_signal),
         },
         ops_cancel.clone(),
     )));
 
-    let result = run_pipeline(&config, &wal, &first, http, stats, resets, &cancel).await;
+    let result = run_pipeline(&config, &wal, &first, http, sink, stats, resets, &cancel).await;
     ops_cancel.cancel();
     for task in ops_tasks {
         if tokio::time::timeout(OPS_STOP_GRACE, task).await.is_err() {
@@ -252,6 +270,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
     result
+}
+
+/// A WAL with no stream position yet and nothing in it: the first start, or a lost volume.
+fn is_unpositioned(wal: &Wal) -> bool {
+    let state = wal.state();
+    state.cursor.is_none() && state.recover_until == RecoverUntil::Unset && wal.is_new()
 }
 
 /// The first-start position of the configuration (also where a state reset goes back to).
@@ -269,11 +293,11 @@ async fn run_pipeline(
     wal: &Wal,
     first: &FirstStart,
     http: reqwest::Client,
+    sink: Arc<dyn Sink>,
     stats: PipelineStats,
     mut resets: mpsc::Receiver<ResetRequest>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let sink = sink(config)?;
     loop {
         let pipeline_cancel = cancel.child_token();
         let pipeline = Pipeline::start_with_stats(

@@ -6,6 +6,7 @@
 //! compactor, uploader) → [`sink`] (S3 or a directory). The write-ahead log is the `wal` crate.
 //! [`simulator`] stands in for OpenCTI in tests, benchmarks and the demo.
 
+pub mod adopt;
 pub mod allocator;
 pub mod backoff;
 pub mod cli;

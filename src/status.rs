@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use wal::{RecoverUntil, Wal};
 
+use crate::adopt::Adopted;
 use crate::commands::quarantine::{self, QuarantineRecord};
 use crate::ids::{EventId, iso};
 
@@ -50,6 +51,10 @@ pub struct StatusReport {
     /// Files quarantined so far, with the stream range each held.
     #[serde(default)]
     pub quarantined_files: Vec<QuarantineRecord>,
+    /// What this WAL adopted at its first start from the platform's state and the destination
+    /// (absent when it started from the configured position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
     /// What only a running daemon knows (absent when read from a stopped daemon's WAL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveStatus>,
@@ -155,6 +160,7 @@ impl StatusReport {
                 })
                 .collect(),
             quarantined_files: quarantine::records(wal.dir()),
+            adopted: crate::adopt::adopted(wal),
             live: None,
         }
     }
@@ -229,6 +235,27 @@ impl StatusReport {
                     .unwrap_or_default()
             ),
         );
+        if let Some(adopted) = &self.adopted {
+            line(
+                &mut out,
+                "adopted at start",
+                format!(
+                    "from {} at {}: resumed after {}, first file {}{}",
+                    adopted.from.join(" and "),
+                    iso(adopted.at_ms),
+                    adopted
+                        .start_from
+                        .as_deref()
+                        .unwrap_or("(no position found)"),
+                    adopted.next_file_number,
+                    if adopted.destination_unchecked {
+                        " (destination checked before the first upload)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         for damaged in &self.damaged_files {
             line(
                 &mut out,

@@ -76,8 +76,9 @@ async fn registers_then_pings_the_state_in_the_stock_keys() {
             .iter()
             .filter(|call| call.operation != "pingConnector")
             .count(),
-        1,
-        "one registration, then only pings: never deleteConnector, even when stopping"
+        2,
+        "two registrations (a new WAL reads what was delivered, then the API task), then only \
+         pings: never deleteConnector, even when stopping"
     );
     let pings = pings(&sim);
     assert!(pings.len() >= 2, "pings every second");
@@ -127,10 +128,13 @@ async fn a_failing_api_never_blocks_exporting_and_is_logged_once() {
     // Every GraphQL call fails until the faults are cleared.
     sim.faults().fail_next_graphql(FailStatus::Internal, 10_000);
     let s3 = TestS3::start();
+    // A new WAL that adopts the delivered state waits for the API before its first start
+    // (tests/daemon_adopt.rs); here it starts from the configured position.
     let (harness, port) = with_endpoint(
         Harness::new(&sim)
             .s3(&s3, BUCKET)
             .live_log_only(&sim)
+            .set("WAL_ADOPT_DELIVERED", "false")
             .set("WRITE_MAX_BYTES", "128KiB"),
     );
     let last = sim.live_ids().last().expect("a live log").to_string();
@@ -295,7 +299,7 @@ async fn a_state_reset_from_the_ui_restarts_the_stream_with_recovery_and_keeps_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fresh_wal_under_a_connector_that_already_wrote_files_is_warned_about() {
+async fn a_fresh_wal_told_not_to_adopt_is_warned_about_the_numbering_restart() {
     let sim = start_simulator(simulator_config(404, 100)).await;
     // What the stock connector left on the platform.
     sim.set_connector_state(Some(
@@ -307,6 +311,7 @@ async fn a_fresh_wal_under_a_connector_that_already_wrote_files_is_warned_about(
     let harness = Harness::new(&sim)
         .export_dir(export.path())
         .live_log_only(&sim)
+        .set("WAL_ADOPT_DELIVERED", "false")
         .set("OPENCTI_PING_INTERVAL_SEC", "1");
     let mut daemon = harness.spawn();
     wait_until("the warning", secs(20), || {
@@ -321,7 +326,7 @@ async fn a_fresh_wal_under_a_connector_that_already_wrote_files_is_warned_about(
     assert!(
         warning["message"]
             .as_str()
-            .is_some_and(|m| m.contains("import-state") && m.contains("expects file 42")),
+            .is_some_and(|m| m.contains("WAL_ADOPT_DELIVERED") && m.contains("expects file 42")),
         "{warning}"
     );
     // The exporter's own state replaces the stock one at the next ping (the WAL is the truth).

@@ -7,65 +7,42 @@
 use std::io::Read;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 use wal::{InitialState, RecoverUntil, Wal, WalOptions};
 
 use crate::cli::ImportStateArgs;
 use crate::config::Config;
+use crate::opencti_api::state::StockState;
 
-/// What the stock state says.
+/// What `import-state` seeds the WAL with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StockState {
+pub struct SeedState {
     /// Position to resume from.
-    pub cursor: Option<String>,
+    pub cursor: String,
     /// Recovery bound.
     pub recover_until: RecoverUntil,
     /// Number of the next file.
     pub next_file_number: u64,
 }
 
-/// Reads the stock connector's state JSON (keys `start_from`, `recover_until`,
-/// `last_written_msg_id`, `file_count`, and the legacy `connectorLastEventId` /
-/// `connectorStartTime`).
-pub fn parse_stock_state(text: &str) -> anyhow::Result<StockState> {
-    let value: Value = serde_json::from_str(text.trim()).context("the state is not JSON")?;
-    // The OpenCTI UI shows the state as a JSON string inside JSON at times: unwrap it.
-    let value = match value {
-        Value::String(inner) => serde_json::from_str(&inner).context("the state is not JSON")?,
-        other => other,
+/// Reads the stock connector's state JSON (see [`StockState::parse`]) and refuses one that
+/// cannot seed a WAL: empty, without a position, or with a `file_count` at the integer limit.
+pub fn parse_stock_state(text: &str) -> anyhow::Result<SeedState> {
+    let Some(stock) = StockState::parse(text)? else {
+        bail!("the state is empty: there is nothing to import");
     };
-    let Some(object) = value.as_object() else {
+    let Some(cursor) = stock.cursor.clone() else {
+        bail!("the state has no position (last_written_msg_id or start_from)");
+    };
+    let Some(next_file_number) = stock.next_file_number() else {
         bail!(
-            "the state must be a JSON object such as {{\"start_from\": \"…\", \"file_count\": 3}}"
+            "file_count {} is at the integer limit: no file number is left after it",
+            stock.file_count
         );
     };
-    let text_of = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
-    let cursor = text_of("last_written_msg_id")
-        .or_else(|| text_of("start_from"))
-        .or_else(|| text_of("connectorLastEventId"));
-    let recover_until = match object
-        .get("recover_until")
-        .or_else(|| object.get("connectorStartTime"))
-    {
-        Some(Value::String(date)) => RecoverUntil::Date(date.clone()),
-        Some(Value::Bool(false)) | Some(Value::Null) => RecoverUntil::Disabled,
-        None => RecoverUntil::Disabled,
-        Some(other) => bail!("recover_until must be a date or false, got {other}"),
-    };
-    let file_count = match object.get("file_count") {
-        None | Some(Value::Null) => 0,
-        Some(value) => value
-            .as_u64()
-            .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
-            .with_context(|| format!("file_count must be a whole number, got {value}"))?,
-    };
-    if cursor.is_none() {
-        bail!("the state has no position (last_written_msg_id or start_from)");
-    }
-    Ok(StockState {
+    Ok(SeedState {
         cursor,
-        recover_until,
-        next_file_number: file_count + 1,
+        recover_until: stock.recover_until,
+        next_file_number,
     })
 }
 
@@ -98,7 +75,7 @@ pub fn run(config: &Config, args: &ImportStateArgs) -> anyhow::Result<()> {
     }
     let state = wal.state();
     wal.initialize(InitialState {
-        cursor: stock.cursor.clone(),
+        cursor: Some(stock.cursor.clone()),
         recover_until: stock.recover_until.clone(),
         next_file_number: stock.next_file_number,
         last_sealed_ts_ms: state.last_sealed_ts_ms,
@@ -108,7 +85,7 @@ pub fn run(config: &Config, args: &ImportStateArgs) -> anyhow::Result<()> {
     println!(
         "seeded the WAL in {}: resume from {}, recover until {}, next file number {}",
         config.wal.dir.display(),
-        stock.cursor.as_deref().unwrap_or("-"),
+        stock.cursor,
         match &stock.recover_until {
             RecoverUntil::Date(date) => date.as_str(),
             _ => "(no recovery)",
@@ -129,7 +106,7 @@ mod tests {
                 "last_written_msg_id": "1718012350123-0", "file_count": 41}"#,
         )
         .expect("valid");
-        assert_eq!(state.cursor.as_deref(), Some("1718012350123-0"));
+        assert_eq!(state.cursor, "1718012350123-0");
         assert_eq!(
             state.recover_until,
             RecoverUntil::Date("2024-06-10T09:38:20Z".into())
@@ -138,27 +115,14 @@ mod tests {
     }
 
     #[test]
-    fn a_state_that_never_uploaded_resumes_from_start_from() {
-        let state =
-            parse_stock_state(r#"{"start_from": "5-0", "recover_until": false}"#).expect("valid");
-        assert_eq!(state.cursor.as_deref(), Some("5-0"));
-        assert_eq!(state.recover_until, RecoverUntil::Disabled);
-        assert_eq!(state.next_file_number, 1);
-    }
-
-    #[test]
-    fn a_state_given_as_a_json_string_is_unwrapped() {
-        let state =
-            parse_stock_state(r#""{\"connectorLastEventId\": \"7-0\", \"file_count\": \"2\"}""#)
-                .expect("valid");
-        assert_eq!(state.cursor.as_deref(), Some("7-0"));
-        assert_eq!(state.next_file_number, 3);
-    }
-
-    #[test]
     fn nonsense_is_refused_with_a_reason() {
         assert!(parse_stock_state("[]").is_err());
         assert!(parse_stock_state(r#"{"file_count": 3}"#).is_err());
         assert!(parse_stock_state(r#"{"start_from": "1-0", "file_count": "many"}"#).is_err());
+        assert!(parse_stock_state("{}").is_err());
+        let at_limit = format!(r#"{{"start_from": "1-0", "file_count": {}}}"#, u64::MAX);
+        assert!(
+            parse_stock_state(&at_limit).is_err_and(|e| e.to_string().contains("integer limit"))
+        );
     }
 }

@@ -173,6 +173,9 @@ pub struct WalSettings {
     pub dir: PathBuf,
     /// Disk budget.
     pub max_bytes: u64,
+    /// On a new WAL, adopt the delivered position and numbering found on the platform and in
+    /// the destination (see `crate::adopt`).
+    pub adopt_delivered: bool,
 }
 
 /// Stream client tuning.
@@ -488,6 +491,7 @@ impl Config {
             max_bytes: r.with_default(&s::WAL_MAX_BYTES, |t| {
                 at_least(parse::bytes(t)?, 1 << 20, "1MiB")
             })?,
+            adopt_delivered: r.with_default(&s::WAL_ADOPT_DELIVERED, parse::boolean)?,
         };
         if wal.max_bytes < write.max_bytes.saturating_mul(2) {
             return Err(ConfigError::new(

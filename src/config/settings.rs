@@ -343,6 +343,14 @@ setting!(
     "Disk budget of the WAL and segments; when full, the exporter stops reading the stream."
 );
 setting!(
+    WAL_ADOPT_DELIVERED,
+    "WAL_ADOPT_DELIVERED",
+    [&["wal", "adopt_delivered"]],
+    Some("true"),
+    false,
+    "On a new WAL, resume after what the platform's connector state and the destination show was already delivered, and number on from the highest file; false starts a new numbering at 1."
+);
+setting!(
     QUEUE_SIZE,
     "QUEUE_SIZE",
     [&["queue", "size"]],
@@ -472,6 +480,7 @@ pub const ALL: &[Setting] = &[
     WRITE_MAX_BYTES,
     WAL_DIR,
     WAL_MAX_BYTES,
+    WAL_ADOPT_DELIVERED,
     QUEUE_SIZE,
     STREAM_BACKOFF_MAX_SEC,
     STREAM_IDLE_TIMEOUT_SEC,

@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
@@ -46,6 +46,8 @@ pub use stats::ApiStats;
 
 /// How often the state is sent, as pycti's `PingAlive` (§3.4).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(40);
+/// How soon after an upload the new state is pinged (uploads within it share one ping).
+pub const PING_AFTER_UPLOAD: Duration = Duration::from_secs(2);
 /// Time limit of one GraphQL call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -109,6 +111,8 @@ pub struct ApiContext {
     pub stats: Arc<ApiStats>,
     /// Where reset requests go.
     pub resets: mpsc::Sender<ResetRequest>,
+    /// Notified by the uploader after each file uploaded.
+    pub uploaded: Arc<Notify>,
 }
 
 /// Registers, then pings every `ping_interval` until `cancel` fires. Never returns an error:
@@ -127,6 +131,25 @@ pub async fn run(
         different: None,
     };
     task.run(&cancel).await;
+}
+
+/// Registers the connector (idempotent on the platform) and returns the `connector_state` the
+/// platform holds for it (`None` when it has none).
+pub async fn register(
+    client: &GraphqlClient,
+    settings: &ApiSettings,
+) -> Result<Option<String>, ApiError> {
+    let data = client
+        .call(REGISTER_MUTATION, settings.register_input())
+        .await?;
+    let answer = data
+        .get("registerConnector")
+        .filter(|answer| !answer.is_null())
+        .ok_or_else(|| ApiError::Malformed("registerConnector answered nothing".into()))?;
+    Ok(answer
+        .get("connector_state")
+        .and_then(Value::as_str)
+        .map(str::to_string))
 }
 
 /// What one ping found.
@@ -190,22 +213,27 @@ impl Task {
                         delay
                     }
                 };
-                if sleep_or_cancel(wait, cancel).await {
+                if self.wait_for_next_ping(wait, cancel).await {
                     return;
                 }
             }
         }
     }
 
+    /// Waits `wait`, or less: [`PING_AFTER_UPLOAD`] after a file was uploaded, so the platform
+    /// holds the exporter's uploaded position within seconds (what a new WAL adopts after a
+    /// lost volume), not only every ping interval. Returns true when cancelled.
+    async fn wait_for_next_ping(&self, wait: Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            cancelled = sleep_or_cancel(wait, cancel) => cancelled,
+            () = self.context.uploaded.notified() => {
+                sleep_or_cancel(PING_AFTER_UPLOAD.min(wait), cancel).await
+            }
+        }
+    }
+
     async fn register(&mut self) -> Result<(), ApiError> {
-        let data = self
-            .client
-            .call(REGISTER_MUTATION, self.settings.register_input())
-            .await?;
-        let answer = data
-            .get("registerConnector")
-            .filter(|answer| !answer.is_null())
-            .ok_or_else(|| ApiError::Malformed("registerConnector answered nothing".into()))?;
+        let platform_state = register(&self.client, &self.settings).await?;
         let stats = &self.context.stats;
         stats.registered.store(true, Relaxed);
         ApiStats::add(&stats.registrations);
@@ -216,29 +244,31 @@ impl Task {
             api = %self.client.endpoint(),
             "registered on OpenCTI as a STREAM connector"
         );
-        if let Some(platform) = answer.get("connector_state").and_then(Value::as_str) {
-            self.warn_if_numbering_restarts(platform);
+        if let Some(platform) = platform_state {
+            self.warn_if_numbering_restarts(&platform);
         }
         Ok(())
     }
 
-    /// A new WAL numbers its first file 1; if the platform remembers files already written for
-    /// this connector (the stock connector, or this exporter with a lost WAL), the importer will
-    /// stop at the first file. Say so, with the way out.
+    /// A WAL that did not adopt the delivered state (`WAL_ADOPT_DELIVERED=false`) numbers its
+    /// first file 1; if the platform remembers files already written for this connector, the
+    /// importer will stop at the first file. Say so, with the way out.
     fn warn_if_numbering_restarts(&self, platform: &str) {
         let ours = ConnectorState::from_wal(&self.context.wal);
-        let Some(theirs) = state::platform_file_count(platform) else {
+        let Ok(Some(theirs)) = state::StockState::parse(platform) else {
             return;
         };
+        let theirs = theirs.file_count;
         if ours.file_count == 0 && self.context.wal.state().last_upload.is_none() && theirs > 0 {
             tracing::warn!(
                 platform_file_count = theirs,
                 next_file_number = ours.file_count + 1,
                 "the platform's state for this connector says {theirs} file(s) were already \
                  written, but this WAL starts numbering again: the importer expects file \
-                 {}. To continue that numbering, stop the exporter, empty WAL_DIR and run \
+                 {}. To continue that numbering, stop the exporter, empty WAL_DIR and start it \
+                 with WAL_ADOPT_DELIVERED=true (the default), or run \
                  `opencti-stream-exporter import-state` with the state shown on the connector page",
-                theirs + 1
+                theirs.saturating_add(1)
             );
         }
     }

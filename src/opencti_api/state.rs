@@ -125,18 +125,106 @@ fn is_empty_state(value: &Value) -> bool {
     }
 }
 
-/// The `file_count` of a state the platform holds, if it has one (to warn when a fresh WAL would
-/// restart the numbering the importer expects).
-pub fn platform_file_count(state: &str) -> Option<u64> {
-    let value: Value = serde_json::from_str(state.trim()).ok()?;
-    let value = match value {
-        Value::String(inner) => serde_json::from_str(&inner).ok()?,
-        other => other,
-    };
-    let count = value.get("file_count")?;
-    count
-        .as_u64()
-        .or_else(|| count.as_str().and_then(|text| text.parse().ok()))
+/// What a connector state held by the platform says was delivered, in the stock keys (§4.4):
+/// written by the stock Python connector or by this exporter (same keys, same meaning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockState {
+    /// The position every event up to which was delivered: `last_written_msg_id`, or
+    /// `start_from` only when the former is absent (the stock `start_from` can run ahead of the
+    /// files written), or the legacy `connectorLastEventId`.
+    pub cursor: Option<String>,
+    /// `recover_until` (legacy `connectorStartTime`); [`RecoverUntil::Disabled`] when absent,
+    /// `null` or `false`.
+    pub recover_until: RecoverUntil,
+    /// `file_count`: the number of the last file written (0 when absent).
+    pub file_count: u64,
+}
+
+/// Why a connector state cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StockStateError {
+    /// Not JSON.
+    #[error("the state is not JSON")]
+    NotJson,
+    /// JSON, but not an object.
+    #[error("the state must be a JSON object such as {{\"start_from\": \"…\", \"file_count\": 3}}")]
+    NotAnObject,
+    /// A key has a value of the wrong kind.
+    #[error("{key} {expected}, got {got}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// What it was.
+        got: String,
+    },
+}
+
+impl StockState {
+    /// Reads a connector state as the platform stores it (a JSON object, possibly wrapped in a
+    /// JSON string as the UI shows it at times). `Ok(None)` for an empty state (`""`, `null`,
+    /// `"null"`, `{}`): nothing was delivered under this connector id, or the state was reset.
+    pub fn parse(text: &str) -> Result<Option<Self>, StockStateError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let value: Value = serde_json::from_str(text).map_err(|_| StockStateError::NotJson)?;
+        let value = match value {
+            Value::String(inner) if inner.trim().is_empty() => return Ok(None),
+            Value::String(inner) => {
+                serde_json::from_str(&inner).map_err(|_| StockStateError::NotJson)?
+            }
+            other => other,
+        };
+        if is_empty_state(&value) {
+            return Ok(None);
+        }
+        let Some(object) = value.as_object() else {
+            return Err(StockStateError::NotAnObject);
+        };
+        let text_of = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
+        let cursor = text_of("last_written_msg_id")
+            .or_else(|| text_of("start_from"))
+            .or_else(|| text_of("connectorLastEventId"));
+        let recover_until = match object
+            .get("recover_until")
+            .or_else(|| object.get("connectorStartTime"))
+        {
+            Some(Value::String(date)) => RecoverUntil::Date(date.clone()),
+            Some(Value::Bool(false)) | Some(Value::Null) | None => RecoverUntil::Disabled,
+            Some(other) => {
+                return Err(StockStateError::BadValue {
+                    key: "recover_until",
+                    expected: "must be a date or false",
+                    got: other.to_string(),
+                });
+            }
+        };
+        let file_count = match object.get("file_count") {
+            None | Some(Value::Null) => 0,
+            Some(value) => value
+                .as_u64()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| StockStateError::BadValue {
+                    key: "file_count",
+                    expected: "must be a whole number",
+                    got: value.to_string(),
+                })?,
+        };
+        Ok(Some(Self {
+            cursor,
+            recover_until,
+            file_count,
+        }))
+    }
+
+    /// The number the next file gets (`file_count + 1`); `None` when `file_count` is at the
+    /// integer limit, so that no caller wraps around to a number already used.
+    pub fn next_file_number(&self) -> Option<u64> {
+        self.file_count.checked_add(1)
+    }
 }
 
 #[cfg(test)]
@@ -210,11 +298,56 @@ mod tests {
     }
 
     #[test]
-    fn the_file_count_of_a_stock_state_is_read_in_either_form() {
-        assert_eq!(platform_file_count(r#"{"file_count": 41}"#), Some(41));
-        assert_eq!(platform_file_count(r#"{"file_count": "7"}"#), Some(7));
-        assert_eq!(platform_file_count(r#""{\"file_count\": 2}""#), Some(2));
-        assert_eq!(platform_file_count(r#"{"start_from": "1-0"}"#), None);
-        assert_eq!(platform_file_count(""), None);
+    fn the_stock_state_maps_onto_ours() {
+        let state = StockState::parse(
+            r#"{"start_from": "1718012399999-0", "recover_until": "2024-06-10T09:38:20Z",
+                "last_written_msg_id": "1718012350123-0", "file_count": 41}"#,
+        )
+        .expect("valid")
+        .expect("not empty");
+        assert_eq!(state.cursor.as_deref(), Some("1718012350123-0"));
+        assert_eq!(
+            state.recover_until,
+            RecoverUntil::Date("2024-06-10T09:38:20Z".into())
+        );
+        assert_eq!(state.file_count, 41);
+        assert_eq!(state.next_file_number(), Some(42));
+    }
+
+    #[test]
+    fn a_state_that_never_uploaded_resumes_from_start_from() {
+        let state = StockState::parse(r#"{"start_from": "5-0", "recover_until": false}"#)
+            .expect("valid")
+            .expect("not empty");
+        assert_eq!(state.cursor.as_deref(), Some("5-0"));
+        assert_eq!(state.recover_until, RecoverUntil::Disabled);
+        assert_eq!(state.next_file_number(), Some(1));
+    }
+
+    #[test]
+    fn a_state_given_as_a_json_string_is_unwrapped_and_the_count_read_in_either_form() {
+        let state =
+            StockState::parse(r#""{\"connectorLastEventId\": \"7-0\", \"file_count\": \"2\"}""#)
+                .expect("valid")
+                .expect("not empty");
+        assert_eq!(state.cursor.as_deref(), Some("7-0"));
+        assert_eq!(state.file_count, 2);
+    }
+
+    #[test]
+    fn an_empty_state_is_no_evidence_and_nonsense_is_refused() {
+        for empty in ["", "null", "\"null\"", "{}", "\"\"", " \"{}\" "] {
+            assert_eq!(StockState::parse(empty), Ok(None), "{empty}");
+        }
+        assert_eq!(StockState::parse("[]"), Err(StockStateError::NotAnObject));
+        assert_eq!(StockState::parse("not json"), Err(StockStateError::NotJson));
+        assert!(StockState::parse(r#"{"start_from": "1-0", "file_count": "many"}"#).is_err());
+        let at_limit = StockState::parse(&format!(
+            r#"{{"start_from": "1-0", "file_count": {}}}"#,
+            u64::MAX
+        ))
+        .expect("valid")
+        .expect("not empty");
+        assert_eq!(at_limit.next_file_number(), None);
     }
 }

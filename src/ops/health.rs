@@ -12,7 +12,8 @@
 //!   make it unready (the WAL absorbs the outage); they show in `/status` and the metrics. A
 //!   damaged local file blocking uploads does not either (events still flow into the WAL), but
 //!   it never goes away by itself, so `/readyz` names it (`damaged_segment`) for the operator
-//!   (`quarantine`, see the README).
+//!   (`quarantine`, see the README). Uploads held because the destination is ahead of a new
+//!   WAL's numbering are named the same way (`uploads_held`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -49,6 +50,10 @@ pub struct Readiness {
     pub disk_budget_full: bool,
     /// A damaged local file blocking uploads, with the reason (needs the operator).
     pub damaged_segment: Option<String>,
+    /// Uploads held because the destination holds a file number at or above this WAL's first
+    /// (a new WAL that could not list the destination at its first start), with what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_held: Option<String>,
 }
 
 /// Liveness at `now_ms`.
@@ -84,6 +89,7 @@ pub fn readiness(view: &DaemonView) -> Readiness {
         wal_writable,
         disk_budget_full,
         damaged_segment: view.pipeline.uploader.damaged(),
+        uploads_held: view.pipeline.uploader.held(),
     }
 }
 
@@ -124,6 +130,7 @@ mod tests {
                 wal_writable: true,
                 disk_budget_full: false,
                 damaged_segment: None,
+                uploads_held: None,
             }
         );
         view.wal_stats.commit_failures.store(1, Relaxed);

@@ -66,6 +66,10 @@ pub struct UploaderStats {
     pub damaged: Mutex<Option<String>>,
     /// Whether the destination was prepared (bucket exists or was created).
     pub prepared: AtomicBool,
+    /// Why uploads are held (a destination ahead of this WAL's numbering), while they are.
+    pub held: Mutex<Option<String>>,
+    /// Notified after each file uploaded (the OpenCTI API task pings the new state soon after).
+    pub uploaded_signal: Arc<Notify>,
 }
 
 impl UploaderStats {
@@ -81,6 +85,21 @@ impl UploaderStats {
             .damaged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+
+    fn set_held(&self, value: Option<String>) {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+
+    /// Why uploads are held, while they are.
+    pub fn held(&self) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The failure in progress, if uploads are failing.
@@ -163,6 +182,9 @@ impl Uploader {
         if !self.prepare(&mut backoff, &cancel).await {
             return;
         }
+        if !self.check_adopted_destination(&cancel).await {
+            return;
+        }
         while !cancel.is_cancelled() {
             let Some(segment) = self.wal.segments().into_iter().next() else {
                 tokio::select! {
@@ -216,6 +238,84 @@ impl Uploader {
                 }
             }
         }
+    }
+
+    /// When adoption could not list the destination (`crate::adopt`), checks it before the first
+    /// upload, retrying until it answers; holds uploads while it holds a file number at or above
+    /// this WAL's first one. Returns false if cancelled.
+    async fn check_adopted_destination(&self, cancel: &CancellationToken) -> bool {
+        use crate::adopt::{DESTINATION_UNCHECKED_EXTRA, check_before_first_upload};
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.settings.backoff_max);
+        let mut logged: Option<String> = None;
+        while self
+            .wal
+            .state()
+            .extras
+            .contains_key(DESTINATION_UNCHECKED_EXTRA)
+        {
+            let first_ours = self
+                .wal
+                .segments()
+                .first()
+                .map_or(self.wal.state().next_file_number, |segment| segment.number);
+            let problem = match check_before_first_upload(
+                self.sink.as_ref(),
+                &self.settings.folder,
+                first_ours,
+            )
+            .await
+            {
+                Ok(None) => {
+                    let done = self
+                        .wal
+                        .appender()
+                        .submit(wal::Group {
+                            records: Vec::new(),
+                            cursor: None,
+                            changes: vec![wal::StateChange::RemoveExtra {
+                                key: DESTINATION_UNCHECKED_EXTRA.to_string(),
+                            }],
+                        })
+                        .await;
+                    match done {
+                        Ok(_) => {
+                            self.stats.set_held(None);
+                            tracing::info!(
+                                destination = %self.sink.describe(),
+                                first_file = first_ours,
+                                "the destination holds no file at or above this WAL's first: \
+                                 uploads start"
+                            );
+                            return true;
+                        }
+                        Err(error) => format!("recording the destination check: {error}"),
+                    }
+                }
+                Ok(Some(reason)) => {
+                    self.stats.set_held(Some(reason.clone()));
+                    reason
+                }
+                Err(error) => {
+                    self.stats
+                        .set_failing(Some(error.kind.as_str().to_string()));
+                    format!("listing the destination to check its numbering: {error}")
+                }
+            };
+            let delay = backoff.next_delay();
+            if logged.as_deref() != Some(problem.as_str()) {
+                tracing::error!(
+                    destination = %self.sink.describe(),
+                    problem = %problem,
+                    retry_in = ?delay,
+                    "uploads are held until the destination is checked; ingestion goes on"
+                );
+                logged = Some(problem);
+            }
+            if sleep_or_cancel(delay, cancel).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Makes sure the destination exists, retrying until it does. Returns false if cancelled.
@@ -367,6 +467,7 @@ impl Uploader {
             .upload_ms_total
             .fetch_add(millis, Ordering::Relaxed);
         self.stats.duration.observe(took.as_secs_f64());
+        self.stats.uploaded_signal.notify_one();
         self.budget.refresh(|| WalFigures::of(&self.wal));
         tracing::info!(
             key,
