@@ -110,10 +110,14 @@ pub fn stream_settings(config: &Config) -> anyhow::Result<StreamSettings> {
     settings.backoff_cap = config.stream.backoff_max;
     settings.idle_timeout = config.stream.idle_timeout;
     settings.max_event_bytes = usize::try_from(config.stream.max_event_bytes).unwrap_or(usize::MAX);
+    settings.max_bytes_in_flight = config.stream.queue_max_bytes;
     settings.files = FileSettings {
         concurrency: config.files.concurrency,
         max_file_bytes: config.files.max_bytes,
         timeout: config.files.timeout,
+        retry_max: config.files.retry_max,
+        max_per_event: config.files.max_per_event,
+        max_total_bytes: config.files.max_total_bytes,
         transform: TransformOptions {
             drop_top_level_files_copy: !config.files.top_level_copy,
         },

@@ -9,6 +9,7 @@ use wal::{RecoverUntil, Wal};
 use crate::adopt::Adopted;
 use crate::commands::quarantine::{self, QuarantineRecord};
 use crate::ids::{EventId, iso};
+use crate::stream::missing;
 
 /// A snapshot of the exporter's durable state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,9 +56,21 @@ pub struct StatusReport {
     /// (absent when it started from the configured position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<Adopted>,
+    /// Attached files exported without their content, as kept in the missing-files record.
+    #[serde(default)]
+    pub missing_files: MissingFilesStatus,
     /// What only a running daemon knows (absent when read from a stopped daemon's WAL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveStatus>,
+}
+
+/// The missing-files record next to the WAL (see [`crate::stream::missing`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MissingFilesStatus {
+    /// Entries in the record: files exported without their content, to be fetched again.
+    pub records: u64,
+    /// Where the record is.
+    pub path: String,
 }
 
 /// A waiting file that cannot be uploaded.
@@ -161,6 +174,10 @@ impl StatusReport {
                 .collect(),
             quarantined_files: quarantine::records(wal.dir()),
             adopted: crate::adopt::adopted(wal),
+            missing_files: MissingFilesStatus {
+                records: missing::count(wal.dir()),
+                path: wal.dir().join(missing::FILE_NAME).display().to_string(),
+            },
             live: None,
         }
     }
@@ -281,6 +298,16 @@ impl StatusReport {
                         record.last_cursor.as_deref().unwrap_or("-")
                     )
                 },
+            );
+        }
+        if self.missing_files.records > 0 {
+            line(
+                &mut out,
+                "MISSING attachments",
+                format!(
+                    "{} files exported without their content, listed in {} (see the README to fetch them again)",
+                    self.missing_files.records, self.missing_files.path
+                ),
             );
         }
         if let Some(live) = &self.live {

@@ -238,6 +238,9 @@ fn fired_kind(fault: &Fault) -> Kind {
             InjectedEvent::UnknownEventType => Kind::UnknownEvent,
             InjectedEvent::Huge { .. } => Kind::HugeEvent,
             InjectedEvent::HostileFileUris => Kind::HostileFileUris,
+            InjectedEvent::ManyFiles { .. } | InjectedEvent::NestedArrays { .. } => {
+                unreachable!("the campaign never plans {event:?}")
+            }
         },
     }
 }

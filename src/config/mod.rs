@@ -189,6 +189,8 @@ pub struct StreamTuning {
     pub max_event_bytes: u64,
     /// Events buffered between the stream and the WAL writer.
     pub queue_size: usize,
+    /// Bytes held between the stream and the WAL.
+    pub queue_max_bytes: u64,
 }
 
 /// Attached file downloads.
@@ -200,6 +202,12 @@ pub struct Files {
     pub max_bytes: u64,
     /// Time limit of one download.
     pub timeout: Duration,
+    /// Time limit of all the attempts at one file.
+    pub retry_max: Duration,
+    /// Files embedded per event.
+    pub max_per_event: usize,
+    /// Bytes of files embedded per event.
+    pub max_total_bytes: u64,
     /// Keep the stock exporter's top-level `data.files` copy.
     pub top_level_copy: bool,
 }
@@ -513,6 +521,9 @@ impl Config {
             queue_size: r.with_default(&s::QUEUE_SIZE, |t| {
                 parse::integer(t, 1, 1_000_000).map(|n| n as usize)
             })?,
+            queue_max_bytes: r.with_default(&s::QUEUE_MAX_BYTES, |t| {
+                at_least(parse::bytes(t)?, 1024 * 1024, "1MiB")
+            })?,
         };
         let files = Files {
             concurrency: r.with_default(&s::FILES_CONCURRENCY, |t| {
@@ -520,6 +531,11 @@ impl Config {
             })?,
             max_bytes: r.with_default(&s::FILES_MAX_BYTES, parse::bytes)?,
             timeout: r.with_default(&s::FILES_TIMEOUT_SEC, parse::seconds)?,
+            retry_max: r.with_default(&s::FILES_RETRY_MAX_SEC, parse::seconds)?,
+            max_per_event: r.with_default(&s::FILES_MAX_PER_EVENT, |t| {
+                parse::integer(t, 0, 100_000).map(|n| n as usize)
+            })?,
+            max_total_bytes: r.with_default(&s::FILES_MAX_TOTAL_BYTES, parse::bytes)?,
             top_level_copy: r.with_default(&s::FILES_TOP_LEVEL_COPY, parse::boolean)?,
         };
         let upload = Upload {

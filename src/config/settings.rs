@@ -359,6 +359,14 @@ setting!(
     "Events buffered in memory between the stream and the WAL writer."
 );
 setting!(
+    QUEUE_MAX_BYTES,
+    "QUEUE_MAX_BYTES",
+    [&["queue", "max_bytes"]],
+    Some("256MiB"),
+    false,
+    "Bytes held in memory between the stream and the WAL (events waiting for their files, downloaded files, lines not yet in the WAL); reading pauses while it is reached."
+);
+setting!(
     STREAM_BACKOFF_MAX_SEC,
     "STREAM_BACKOFF_MAX_SEC",
     [&["stream", "backoff_max_sec"]],
@@ -404,7 +412,31 @@ setting!(
     [&["files", "timeout_sec"]],
     Some("300"),
     false,
-    "Time limit of one file download (seconds)."
+    "Time limit of one file download attempt (seconds)."
+);
+setting!(
+    FILES_RETRY_MAX_SEC,
+    "FILES_RETRY_MAX_SEC",
+    [&["files", "retry_max_sec"]],
+    Some("180"),
+    false,
+    "Time limit of all the attempts at one file, retries of transient failures included (seconds)."
+);
+setting!(
+    FILES_MAX_PER_EVENT,
+    "FILES_MAX_PER_EVENT",
+    [&["files", "max_per_event"]],
+    Some("100"),
+    false,
+    "Files embedded per event; the others are exported without data and recorded as missing."
+);
+setting!(
+    FILES_MAX_TOTAL_BYTES,
+    "FILES_MAX_TOTAL_BYTES",
+    [&["files", "max_total_bytes"]],
+    Some("128MiB"),
+    false,
+    "Bytes of files embedded per event; files past it are exported without data and recorded as missing."
 );
 setting!(
     FILES_TOP_LEVEL_COPY,
@@ -482,12 +514,16 @@ pub const ALL: &[Setting] = &[
     WAL_MAX_BYTES,
     WAL_ADOPT_DELIVERED,
     QUEUE_SIZE,
+    QUEUE_MAX_BYTES,
     STREAM_BACKOFF_MAX_SEC,
     STREAM_IDLE_TIMEOUT_SEC,
     STREAM_MAX_EVENT_BYTES,
     FILES_CONCURRENCY,
     FILES_MAX_BYTES,
     FILES_TIMEOUT_SEC,
+    FILES_RETRY_MAX_SEC,
+    FILES_MAX_PER_EVENT,
+    FILES_MAX_TOTAL_BYTES,
     FILES_TOP_LEVEL_COPY,
     UPLOAD_BACKOFF_MAX_SEC,
     UPLOAD_TIMEOUT_SEC,

@@ -109,6 +109,8 @@ catalogue! {
     "stream_exporter_dead_letters_total" "counter" [] "Events that could not be exported, kept in the dead-letter file.";
     "stream_exporter_file_downloads_total" "counter" ["outcome"] "Attached file downloads, by outcome (ok, failed, refused, too_large).";
     "stream_exporter_file_download_bytes_total" "counter" [] "Bytes of attached files downloaded.";
+    "stream_exporter_file_download_retries_total" "counter" [] "Attached file downloads that failed transiently and were tried again.";
+    "stream_exporter_files_missing_total" "counter" [] "Attached files exported without their content, each recorded in missing-files.ndjson next to the WAL.";
     "stream_exporter_opencti_registered" "gauge" [] "1 once the connector is registered on OpenCTI.";
     "stream_exporter_opencti_register_errors_total" "counter" [] "Registration attempts that failed (retried in the background).";
     "stream_exporter_state_resets_total" "counter" [] "State resets requested from the OpenCTI UI and honoured.";
@@ -463,6 +465,14 @@ fn encode_all(view: &DaemonView, out: &mut Out<'_, '_>) -> fmt::Result {
     out.counter(
         "stream_exporter_file_download_bytes_total",
         stream.file_bytes.load(Relaxed),
+    )?;
+    out.counter(
+        "stream_exporter_file_download_retries_total",
+        stream.file_retries.load(Relaxed),
+    )?;
+    out.counter(
+        "stream_exporter_files_missing_total",
+        stream.files_missing.load(Relaxed),
     )?;
 
     // OpenCTI registration.

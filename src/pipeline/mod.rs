@@ -191,6 +191,11 @@ impl Pipeline {
         let compactor_wake = Arc::new(Notify::new());
         let sealed = Arc::new(Notify::new());
         let (items_tx, items_rx) = mpsc::channel(settings.queue_size.max(1));
+        let mut stream_settings = stream_settings;
+        if stream_settings.files.missing_record.is_none() {
+            stream_settings.files.missing_record =
+                Some(wal.dir().join(crate::stream::missing::FILE_NAME));
+        }
 
         // The stream stops on `cancel`; the committer stops when the stream's channel closes.
         let stream = tokio::spawn(crate::stream::run(

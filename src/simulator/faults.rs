@@ -72,6 +72,20 @@ pub enum InjectedEvent {
     /// A valid `create` of a report whose files carry hostile URIs (traversal, other hosts,
     /// other schemes, `unknown`).
     HostileFileUris,
+    /// A valid `create` of a report with `count` attached files of `size` bytes each, all served
+    /// by `/storage/get` (a memory attack through attachments at the size limit).
+    ManyFiles {
+        /// Files attached.
+        count: u32,
+        /// Bytes of each file.
+        size: usize,
+    },
+    /// A `create` whose `data` is about `bytes` bytes of `[` (a stack and memory attack on JSON
+    /// parsers); never exportable.
+    NestedArrays {
+        /// Approximate size of the event.
+        bytes: usize,
+    },
 }
 
 impl InjectedEvent {
@@ -79,7 +93,9 @@ impl InjectedEvent {
     pub fn is_exportable(self) -> bool {
         matches!(
             self,
-            InjectedEvent::Huge { .. } | InjectedEvent::HostileFileUris
+            InjectedEvent::Huge { .. }
+                | InjectedEvent::HostileFileUris
+                | InjectedEvent::ManyFiles { .. }
         )
     }
 }

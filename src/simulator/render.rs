@@ -1048,7 +1048,7 @@ pub fn injected_report(
     id: EventId,
     seed: u64,
     description_bytes: usize,
-    hostile_files: bool,
+    file_uris: &[&str],
 ) -> StixId {
     let data = StixId {
         ty: StixType::Report,
@@ -1071,9 +1071,9 @@ pub fn injected_report(
     out.extend_from_slice(br#","is_inferred":false,"creator_ids":[""#);
     out.extend_from_slice(USER_ID.as_bytes());
     out.extend_from_slice(b"\"]");
-    if hostile_files {
+    if !file_uris.is_empty() {
         out.extend_from_slice(br#","files":["#);
-        for (i, uri) in HOSTILE_URIS.iter().enumerate() {
+        for (i, uri) in file_uris.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }

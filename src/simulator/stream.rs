@@ -24,7 +24,7 @@ use super::model::{EventKind, IdentityKey, Role, StixId, StixType};
 use super::render::{self, frame_head, frame_tail};
 use super::rng::{derive, uuid_v4, uuid_v5};
 use super::served::{ConnectionEnd, ConnectionRecord, InjectedRecord, ServedEvent, StreamMode};
-use super::world::World;
+use super::world::{FileSpec, World};
 use super::write::uuid_str;
 use super::{Shared, lock};
 use crate::ids::{EventId, write_iso};
@@ -870,17 +870,31 @@ impl Session {
                 "sighting-burst"
             }
             InjectedEvent::Huge { bytes } => {
-                let data =
-                    render::injected_report(out, id, seed, bytes.saturating_sub(1200), false);
+                let data = render::injected_report(out, id, seed, bytes.saturating_sub(1200), &[]);
                 let len = out.len();
                 self.push_injected(&mut batch, id, data, len, kind);
                 return self.write(batch).await;
             }
             InjectedEvent::HostileFileUris => {
-                let data = render::injected_report(out, id, seed, 300, true);
+                let data = render::injected_report(out, id, seed, 300, &render::HOSTILE_URIS);
                 let len = out.len();
                 self.push_injected(&mut batch, id, data, len, kind);
                 return self.write(batch).await;
+            }
+            InjectedEvent::ManyFiles { count, size } => {
+                let uris = self.register_injected_files(seed, count, size);
+                let uris: Vec<&str> = uris.iter().map(String::as_str).collect();
+                let data = render::injected_report(out, id, seed, 300, &uris);
+                let len = out.len();
+                self.push_injected(&mut batch, id, data, len, kind);
+                return self.write(batch).await;
+            }
+            InjectedEvent::NestedArrays { bytes } => {
+                frame_head(out, Some(id), "create");
+                out.extend_from_slice(br#"{"version":"4","type":"create","data":"#);
+                out.resize(out.len() + bytes, b'[');
+                frame_tail(out);
+                "create"
             }
         };
         batch.injected.push(InjectedRecord {
@@ -890,6 +904,30 @@ impl Session {
             after_events: self.written,
         });
         self.write(batch).await
+    }
+
+    /// Registers `count` files of `size` bytes for an injected event; their `/storage/get` uris.
+    fn register_injected_files(&self, seed: u64, count: u32, size: usize) -> Vec<String> {
+        let mut world = self
+            .shared
+            .world
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (0..count)
+            .map(|n| {
+                let path = format!("import/injected/{seed:016x}/{n}.bin");
+                world.files.insert(
+                    path.clone(),
+                    FileSpec {
+                        name: "injected.bin",
+                        mime: "application/octet-stream",
+                        size,
+                        seed: derive(seed, u64::from(n)),
+                    },
+                );
+                format!("/storage/get/{path}")
+            })
+            .collect()
     }
 
     fn push_injected(

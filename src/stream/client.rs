@@ -11,9 +11,13 @@
 //!    phrase (once per change of state) and retried, never fatal;
 //! 4. frame the body ([`super::sse`]), handle each event ([`super::event`]) and send the items in
 //!    arrival order; events with files wait for their downloads in an ordered queue (bounded by
-//!    [`super::FileSettings::max_events_in_flight`]) while reading goes on;
+//!    [`super::FileSettings::max_events_in_flight`]) while reading goes on; reading also stops
+//!    while the bytes held between the stream and the WAL reach
+//!    [`StreamSettings::max_bytes_in_flight`] ([`super::in_flight`]);
 //! 5. the connection ends on end of stream, a network error, the idle watchdog (no event with an
-//!    id for [`StreamSettings::idle_timeout`]; time spent waiting for the pipeline does not count),
+//!    id for [`StreamSettings::idle_timeout`]; time spent not reading — waiting for the pipeline,
+//!    for the queue of downloads, or for bytes in flight to be freed — does not count, so
+//!    retrying a file never causes a reconnection),
 //!    or the pipeline pausing; complete events already read are still handed over, an event cut
 //!    in the middle is discarded (the server sends it again after the cursor); on a pause the
 //!    connection is dropped first, then a `Sync` makes everything read durable, then the client
@@ -25,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -35,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::event::{EventHandler, Handled, finish_files};
 use super::files::FileFetcher;
+use super::in_flight::{InFlightBytes, QueuePlace};
 use super::request::{stream_headers, stream_url};
 use super::sse::{SseFrame, SseFramer};
 use super::stats::ReconnectReason;
@@ -75,8 +81,18 @@ pub async fn run(
             "CONNECTOR_LIVE_STREAM_ID is not set: reading the raw /stream (BYPASS users only, no recovery, no filters)"
         );
     }
+    let in_flight = InFlightBytes::new(settings.max_bytes_in_flight);
+    let (handed_on, _) = watch::channel(0);
     let mut client = Client {
-        fetcher: FileFetcher::new(http.clone(), Arc::clone(&settings), Arc::clone(&stats)),
+        fetcher: FileFetcher::new(
+            http.clone(),
+            Arc::clone(&settings),
+            Arc::clone(&stats),
+            Arc::clone(&in_flight),
+        ),
+        in_flight,
+        queued: 0,
+        handed_on,
         handler: EventHandler::new(Arc::clone(&stats), settings.files.transform),
         backoff: Backoff::new(settings.backoff_base, settings.backoff_cap),
         link: LinkState::Starting,
@@ -132,6 +148,12 @@ struct Client {
     cancel: CancellationToken,
     stats: Arc<StreamStats>,
     fetcher: FileFetcher,
+    /// Bytes held between reading and the WAL.
+    in_flight: Arc<InFlightBytes>,
+    /// Events ever pushed to the download queue (the next one's position).
+    queued: u64,
+    /// Events ever taken from the download queue and handed on.
+    handed_on: watch::Sender<u64>,
     handler: EventHandler,
     backoff: Backoff,
     link: LinkState,
@@ -195,8 +217,10 @@ impl Client {
     }
 
     /// Sends one item, waiting (cancellably) while the channel is full. Returns whether it had to
-    /// wait, so the idle watchdog does not count that time.
+    /// wait, so the idle watchdog does not count that time. Its bytes are charged to
+    /// [`Client::in_flight`] until the pipeline drops them.
     async fn send(&self, item: StreamItem) -> Result<bool, Stop> {
+        let item = self.charged(item);
         match self.items.try_send(item) {
             Ok(()) => Ok(false),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::PipelineClosed),
@@ -204,6 +228,35 @@ impl Client {
                 () = self.cancel.cancelled() => Err(Stop::Cancelled),
                 sent = self.items.send(item) => sent.map(|()| true).map_err(|_| Stop::PipelineClosed),
             },
+        }
+    }
+
+    fn charged(&self, item: StreamItem) -> StreamItem {
+        let charge = |bytes: Bytes| self.in_flight.charge(bytes);
+        match item {
+            StreamItem::Export {
+                id,
+                action,
+                line,
+                holds_cursor,
+            } => StreamItem::Export {
+                id,
+                action,
+                line: charge(line),
+                holds_cursor,
+            },
+            StreamItem::DeadLetter {
+                id,
+                event,
+                reason,
+                payload,
+            } => StreamItem::DeadLetter {
+                id,
+                event,
+                reason,
+                payload: charge(payload),
+            },
+            other => other,
         }
     }
 
@@ -289,7 +342,16 @@ impl Client {
         let mut delivered = false;
         let watchdog = tokio::time::sleep(idle);
         tokio::pin!(watchdog);
+        let mut was_reading = true;
         let (reason, detail) = loop {
+            // Not reading while the queue or the bytes in flight are full: that time is the
+            // exporter's, not the server's, and must not trip the watchdog.
+            let queue_has_room = queue.len() < max_in_flight;
+            let reading = queue_has_room && !self.in_flight.is_full();
+            if reading && !was_reading {
+                watchdog.as_mut().reset(Instant::now() + idle);
+            }
+            was_reading = reading;
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Err(Stop::Cancelled),
@@ -300,11 +362,13 @@ impl Client {
                     }
                 }
                 Some(item) = queue.next(), if !queue.is_empty() => {
+                    self.handed_on.send_modify(|count| *count += 1);
                     if self.send(item).await? {
                         watchdog.as_mut().reset(Instant::now() + idle);
                     }
                 }
-                chunk = body.next(), if queue.len() < max_in_flight => {
+                () = self.in_flight.wait_for_room(), if queue_has_room && !reading => {}
+                chunk = body.next(), if reading => {
                     let chunk = match chunk {
                         None => break (ReconnectReason::Eof, "the server closed the stream".to_owned()),
                         Some(Err(error)) => break (ReconnectReason::Network, network_detail(error)),
@@ -328,7 +392,7 @@ impl Client {
                         }
                     }
                 }
-                () = &mut watchdog => {
+                () = &mut watchdog, if reading => {
                     break (ReconnectReason::Idle, format!("no event with an id for {idle:?}"));
                 }
             }
@@ -343,6 +407,7 @@ impl Client {
         drop(body);
         // Complete events already read are handed over before reconnecting, in order.
         while let Some(item) = queue.next().await {
+            self.handed_on.send_modify(|count| *count += 1);
             self.send(item).await?;
         }
         Ok(Ended {
@@ -358,10 +423,11 @@ impl Client {
         frame: SseFrame,
         queue: &FuturesOrdered<QueuedItem>,
     ) -> Option<Ready> {
-        match self.handler.handle(frame) {
-            Handled::Nothing => None,
-            Handled::Item(item) if queue.is_empty() => Some(Ready::Now(item)),
-            Handled::Item(item) => Some(Ready::Later(futures::future::ready(item).boxed())),
+        let position = self.queued;
+        let ready = match self.handler.handle(frame) {
+            Handled::Nothing => return None,
+            Handled::Item(item) if queue.is_empty() => return Some(Ready::Now(item)),
+            Handled::Item(item) => Ready::Later(futures::future::ready(item).boxed()),
             Handled::NeedsFiles {
                 id,
                 action,
@@ -370,15 +436,20 @@ impl Client {
             } => {
                 let fetcher = self.fetcher.clone();
                 let stats = Arc::clone(&self.stats);
-                Some(Ready::Later(
+                let place = QueuePlace::new(position, self.handed_on.subscribe());
+                let in_flight = Arc::clone(&self.in_flight);
+                let pending = pending.map_payload(|payload| in_flight.charge(payload));
+                Ready::Later(
                     async move {
-                        let contents = fetcher.fetch_all(&id, pending.files()).await;
+                        let contents = fetcher.fetch_all(&id, pending.files(), place).await;
                         finish_files(&stats, id, action, holds_cursor, pending, &contents)
                     }
                     .boxed(),
-                ))
+                )
             }
-        }
+        };
+        self.queued += 1;
+        Some(ready)
     }
 
     /// Logs a failed or ended connection when the state changed, at a level that fits.

@@ -27,7 +27,9 @@
 pub mod client;
 pub mod event;
 pub mod files;
+pub mod in_flight;
 mod log_limit;
+pub mod missing;
 pub mod request;
 pub mod settings;
 pub mod sse;

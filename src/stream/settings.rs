@@ -1,5 +1,6 @@
 //! What the stream client needs to know, decided by the configuration (the lead's `config`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -32,6 +33,10 @@ pub struct StreamSettings {
     pub idle_timeout: Duration,
     /// Largest event accepted; a larger one is dead-lettered by id. Default 64 MiB.
     pub max_event_bytes: usize,
+    /// Bytes held between reading the stream and the WAL: events waiting for their files, their
+    /// downloaded files, and lines in the pipeline's channel until the WAL has them. Reading stops
+    /// while it is reached (see [`super::in_flight`]). Default 256 MiB.
+    pub max_bytes_in_flight: u64,
     /// How files are downloaded and embedded.
     pub files: FileSettings,
 }
@@ -46,8 +51,23 @@ pub struct FileSettings {
     pub max_events_in_flight: usize,
     /// Larger files are skipped with a warning (`data` omitted). Default 32 MiB.
     pub max_file_bytes: u64,
-    /// Time limit of one download, body included. Default 300 s, as pycti.
+    /// Time limit of one download attempt, body included. Default 300 s, as pycti.
     pub timeout: Duration,
+    /// Time limit of all the attempts at one file, each attempt's time limit and the delays
+    /// between them included: transient failures (network, timeout, 5xx, 429) are retried with
+    /// backoff until it passes. Default 180 s.
+    pub retry_max: Duration,
+    /// First delay ceiling of the retry backoff (full jitter). Default 1 s.
+    pub retry_backoff_base: Duration,
+    /// Files downloaded per event; the entries after them keep no `data` and are recorded as
+    /// missing. Default 100.
+    pub max_per_event: usize,
+    /// Bytes of files embedded per event; a file that would go past it keeps no `data` and is
+    /// recorded as missing. Default 128 MiB.
+    pub max_total_bytes: u64,
+    /// The durable record of files that could not be embedded ([`super::missing`]); `None`
+    /// records nothing (the pipeline sets it next to the WAL).
+    pub missing_record: Option<PathBuf>,
     /// Transform options (keep or drop the top-level `data.files` copy).
     pub transform: TransformOptions,
 }
@@ -59,6 +79,11 @@ impl Default for FileSettings {
             max_events_in_flight: 64,
             max_file_bytes: 32 * 1024 * 1024,
             timeout: Duration::from_secs(300),
+            retry_max: Duration::from_secs(180),
+            retry_backoff_base: Duration::from_secs(1),
+            max_per_event: 100,
+            max_total_bytes: 128 * 1024 * 1024,
+            missing_record: None,
             transform: TransformOptions::default(),
         }
     }
@@ -83,6 +108,7 @@ impl StreamSettings {
             backoff_cap: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(45),
             max_event_bytes: 64 * 1024 * 1024,
+            max_bytes_in_flight: 256 * 1024 * 1024,
             files: FileSettings::default(),
         }
     }

@@ -156,6 +156,13 @@ pub struct StreamStats {
     pub files_too_large: AtomicU64,
     /// Bytes of files downloaded.
     pub file_bytes: AtomicU64,
+    /// Download attempts that failed transiently and were tried again.
+    pub file_retries: AtomicU64,
+    /// Files exported without their content and written to the missing-files record (failed
+    /// after their retries, refused, over a size or count cap).
+    pub files_missing: AtomicU64,
+    /// Of those, files the record could not be written for (logged at error level instead).
+    pub files_missing_unrecorded: AtomicU64,
     /// Unix ms when the last event carrying an id arrived (0: never).
     pub last_event_unix_ms: AtomicU64,
     /// True while a 2xx event stream is open.

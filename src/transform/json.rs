@@ -164,18 +164,44 @@ pub fn write_str(out: &mut Vec<u8>, value: &str) {
 /// slow path (a hash map) deals with them, so a hostile object cannot make the check quadratic.
 const MAX_KEYS_CHECKED_PER_OBJECT: usize = 128;
 
+/// Deepest nesting of arrays and objects accepted: serde_json's own recursion limit, so anything
+/// deeper could not be parsed by [`canonicalize`] either. The scan stops there, so its stack stays
+/// small whatever the input (a payload of 64 MiB of `[` costs a few hundred bytes).
+pub const MAX_DEPTH: usize = 128;
+
+/// What [`scan`] found out about a JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// No duplicate key, no raw newline: raw values may be copied verbatim.
+    Plain,
+    /// There may be a duplicate key or a raw newline: take [`canonicalize`].
+    NeedsCanonicalForm,
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`]: neither path can take it.
+    TooDeep,
+}
+
 /// True when the valid JSON text `json` may contain a duplicate key in any object, or contains a
-/// raw line feed (legal whitespace in JSON, forbidden inside an NDJSON line). Conservative: a key
-/// with an escape sequence or an object with very many keys also answers true. False guarantees
-/// that copying raw values verbatim produces no duplicate key and no newline.
+/// raw line feed, or nests deeper than [`MAX_DEPTH`] (see [`scan`]).
+pub fn needs_canonical_form(json: &[u8]) -> bool {
+    scan(json) != Scan::Plain
+}
+
+/// Whether the valid JSON text `json` may contain a duplicate key in any object, or contains a
+/// raw line feed (legal whitespace in JSON, forbidden inside an NDJSON line), or nests deeper than
+/// [`MAX_DEPTH`]. Conservative: a key with an escape sequence or an object with very many keys
+/// also answers [`Scan::NeedsCanonicalForm`]. [`Scan::Plain`] guarantees that copying raw values
+/// verbatim produces no duplicate key and no newline.
 ///
 /// Cost: one pass over the bytes; strings are skipped with `memchr2`, keys are compared with the
 /// other keys of the same object (bounded, see [`MAX_KEYS_CHECKED_PER_OBJECT`]); the key stack
-/// is the only allocation.
-pub fn needs_canonical_form(json: &[u8]) -> bool {
-    if memchr::memchr(b'\n', json).is_some() {
-        return true;
-    }
+/// is the only allocation, bounded by [`MAX_DEPTH`].
+pub fn scan(json: &[u8]) -> Scan {
+    let newline = memchr::memchr(b'\n', json).is_some();
+    let mut maybe = if newline {
+        Scan::NeedsCanonicalForm
+    } else {
+        Scan::Plain
+    };
     // Open containers: for an object, where its keys start in `keys`; `None` for an array.
     let mut containers: Vec<Option<usize>> = Vec::with_capacity(16);
     let mut keys: Vec<&[u8]> = Vec::with_capacity(64);
@@ -189,28 +215,29 @@ pub fn needs_canonical_form(json: &[u8]) -> bool {
                 let mut escaped = false;
                 let end = loop {
                     match memchr::memchr2(b'"', b'\\', &json[cursor..]) {
-                        None => return true, // not valid JSON after all: let the slow path judge
+                        // Not valid JSON after all: let the slow path judge.
+                        None => return Scan::NeedsCanonicalForm,
                         Some(offset) if json[cursor + offset] == b'\\' => {
                             escaped = true;
                             cursor += offset + 2;
                             if cursor > json.len() {
-                                return true;
+                                return Scan::NeedsCanonicalForm;
                             }
                         }
                         Some(offset) => break cursor + offset,
                     }
                 };
-                if expect_key {
+                if expect_key && maybe == Scan::Plain {
                     if escaped {
-                        return true;
+                        maybe = Scan::NeedsCanonicalForm;
                     }
                     let Some(Some(first_key)) = containers.last() else {
-                        return true;
+                        return Scan::NeedsCanonicalForm;
                     };
                     let key = &json[start..end];
                     let siblings = &keys[*first_key..];
                     if siblings.len() >= MAX_KEYS_CHECKED_PER_OBJECT || siblings.contains(&key) {
-                        return true;
+                        maybe = Scan::NeedsCanonicalForm;
                     }
                     keys.push(key);
                     expect_key = false;
@@ -218,6 +245,7 @@ pub fn needs_canonical_form(json: &[u8]) -> bool {
                 pos = end + 1;
                 continue;
             }
+            b'{' | b'[' if containers.len() >= MAX_DEPTH => return Scan::TooDeep,
             b'{' => {
                 containers.push(Some(keys.len()));
                 expect_key = true;
@@ -237,7 +265,7 @@ pub fn needs_canonical_form(json: &[u8]) -> bool {
         }
         pos += 1;
     }
-    false
+    maybe
 }
 
 /// Rewrites the JSON object `json` through serde_json's insertion-ordered map: duplicate keys
@@ -290,6 +318,21 @@ mod tests {
         assert!(needs_canonical_form(br#"{"a\u0062":1}"#));
         assert!(!needs_canonical_form(br#"{"a":"\"a\":1,\"a\""}"#));
         assert!(needs_canonical_form(b"{\"a\":\n1}"));
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_cap_is_reported_whatever_else_the_text_holds() {
+        let deep = |depth: usize| format!("{{\"a\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(scan(deep(MAX_DEPTH - 1).as_bytes()), Scan::Plain);
+        assert_eq!(scan(deep(MAX_DEPTH).as_bytes()), Scan::TooDeep);
+        let unclosed = vec![b'['; 1 << 20];
+        assert_eq!(scan(&unclosed), Scan::TooDeep);
+        let duplicate_then_deep = format!("{{\"k\":1,\"k\":{}}}", "[".repeat(500));
+        assert_eq!(scan(duplicate_then_deep.as_bytes()), Scan::TooDeep);
+        assert!(
+            canonicalize(&deep(MAX_DEPTH)).is_err(),
+            "serde_json refuses it too"
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@
 //! have duplicate keys or raw newlines first go through [`json::canonicalize`] (a tree, slow, rare).
 //!
 //! An event that cannot be exported (not UTF-8, not JSON, not an object, no `data` object) is a
-//! [`TransformError`]; the caller dead-letters it (invariant 7).
+//! [`TransformError`]; the caller dead-letters it (invariant 7). So is one that nests deeper than
+//! [`json::MAX_DEPTH`], or that needs the slow path and is larger than [`SLOW_PATH_MAX_BYTES`]:
+//! memory and stack stay bounded whatever the payload.
 
 pub mod files;
 pub mod json;
@@ -62,7 +64,25 @@ pub enum TransformError {
     /// `data` is not a JSON object.
     #[error("payload `data` is not a JSON object")]
     DataNotAnObject,
+    /// Arrays and objects nest deeper than [`json::MAX_DEPTH`].
+    #[error("payload nests arrays and objects deeper than {max} levels", max = json::MAX_DEPTH)]
+    TooDeep,
+    /// The payload needs the slow path (duplicate keys or raw newlines) and is larger than
+    /// [`SLOW_PATH_MAX_BYTES`].
+    #[error(
+        "payload of {bytes} bytes has duplicate keys or raw newlines, and is larger than the {max} bytes the exporter rewrites",
+        max = SLOW_PATH_MAX_BYTES
+    )]
+    TooLargeToRewrite {
+        /// The payload's size.
+        bytes: usize,
+    },
 }
+
+/// Largest payload taken through [`json::canonicalize`], which builds a tree of up to about 20
+/// times the text's size; a larger payload that needs it is dead-lettered instead. Payloads from
+/// OpenCTI have neither duplicate keys nor raw newlines, so this only meets hostile input.
+pub const SLOW_PATH_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// A finished line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +126,13 @@ impl PendingFiles {
         self.holds_cursor
     }
 
+    /// The same event with its payload replaced by `f(payload)`, which must hold the same bytes
+    /// (used to charge it to the stream client's bytes in flight).
+    pub fn map_payload(mut self, f: impl FnOnce(Bytes) -> Bytes) -> Self {
+        self.payload = f(self.payload);
+        self
+    }
+
     /// The (canonical) payload, for a dead letter if completing fails.
     pub fn payload(&self) -> &Bytes {
         &self.payload
@@ -140,7 +167,14 @@ pub fn transform(
         valid_up_to: error.valid_up_to(),
     })?;
     let canonical;
-    let (text, payload) = if json::needs_canonical_form(text.as_bytes()) {
+    let scan = json::scan(text.as_bytes());
+    if scan == json::Scan::TooDeep {
+        return Err(TransformError::TooDeep);
+    }
+    if scan == json::Scan::NeedsCanonicalForm && text.len() > SLOW_PATH_MAX_BYTES {
+        return Err(TransformError::TooLargeToRewrite { bytes: text.len() });
+    }
+    let (text, payload) = if scan == json::Scan::NeedsCanonicalForm {
         let rewritten = json::canonicalize(text)
             .map_err(|error| TransformError::InvalidJson(error.to_string()))?;
         canonical = Bytes::from(rewritten);
@@ -462,6 +496,42 @@ mod tests {
             .expect_err("must be rejected");
             assert!(expected(&error), "{error:?}");
         }
+    }
+
+    #[test]
+    fn deep_or_huge_payloads_needing_a_rewrite_are_refused_without_building_a_tree() {
+        let transform_text = |text: &str| {
+            transform(
+                "1-0",
+                Action::Create,
+                &Bytes::copy_from_slice(text.as_bytes()),
+                TransformOptions::default(),
+            )
+        };
+        let deep = format!("{{\"data\":{}", "[".repeat(4 << 20));
+        assert_eq!(
+            transform_text(&deep).expect_err("refused"),
+            TransformError::TooDeep
+        );
+        let closed = format!(
+            "{{\"data\":{{}},\"x\":{}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(
+            transform_text(&closed).expect_err("refused"),
+            TransformError::TooDeep
+        );
+        let big_duplicate = format!(
+            "{{\"data\":{{}},\"a\":1,\"a\":\"{}\"}}",
+            "x".repeat(SLOW_PATH_MAX_BYTES)
+        );
+        assert!(matches!(
+            transform_text(&big_duplicate).expect_err("refused"),
+            TransformError::TooLargeToRewrite { .. }
+        ));
+        let small_duplicate = r#"{"data":{},"a":1,"a":2}"#;
+        assert!(transform_text(small_duplicate).is_ok());
     }
 
     #[test]

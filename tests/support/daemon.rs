@@ -332,6 +332,19 @@ impl Daemon {
         kill(self.pid(), signal).expect("signalling the daemon");
     }
 
+    /// The peak resident set of the running process (`VmHWM` of `/proc/<pid>/status`), in bytes;
+    /// read it before the process exits.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the daemon's /proc status (read it while the daemon runs)");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmHWM line in kB");
+        kib * 1024
+    }
+
     /// Whether the process has exited (and reaps it if so).
     pub fn has_exited(&mut self) -> bool {
         if self.exit.is_none() {
