@@ -62,10 +62,13 @@ pub fn parse_stock_state(text: &str) -> anyhow::Result<StockState> {
     if cursor.is_none() {
         bail!("the state has no position (last_written_msg_id or start_from)");
     }
+    let Some(next_file_number) = file_count.checked_add(1) else {
+        bail!("file_count {file_count} is too large: the next file number would not fit");
+    };
     Ok(StockState {
         cursor,
         recover_until,
-        next_file_number: file_count + 1,
+        next_file_number,
     })
 }
 
@@ -160,5 +163,19 @@ mod tests {
         assert!(parse_stock_state("[]").is_err());
         assert!(parse_stock_state(r#"{"file_count": 3}"#).is_err());
         assert!(parse_stock_state(r#"{"start_from": "1-0", "file_count": "many"}"#).is_err());
+    }
+
+    #[test]
+    fn a_file_count_at_the_integer_limit_is_refused_not_wrapped() {
+        let at_limit = format!(r#"{{"start_from": "1-0", "file_count": {}}}"#, u64::MAX);
+        let error = parse_stock_state(&at_limit).expect_err("refused");
+        assert!(error.to_string().contains("too large"), "{error}");
+        let as_text = format!(r#"{{"start_from": "1-0", "file_count": "{}"}}"#, u64::MAX);
+        assert!(parse_stock_state(&as_text).is_err());
+        let below = format!(r#"{{"start_from": "1-0", "file_count": {}}}"#, u64::MAX - 1);
+        assert_eq!(
+            parse_stock_state(&below).expect("valid").next_file_number,
+            u64::MAX
+        );
     }
 }
