@@ -110,4 +110,8 @@ pub struct HealthcheckArgs {
     /// Port of the daemon's health endpoint (default: CONNECTOR_METRICS_PORT or 9095).
     #[arg(long, env = "CONNECTOR_METRICS_PORT", default_value_t = 9095)]
     pub port: u16,
+    /// Address the daemon's endpoint binds (default: CONNECTOR_METRICS_BIND or 0.0.0.0); an
+    /// unspecified address is asked on the loopback address of its family.
+    #[arg(long, env = "CONNECTOR_METRICS_BIND", default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
 }

@@ -35,9 +35,6 @@ use crate::transform::TransformOptions;
 /// `User-Agent` of every request to OpenCTI.
 pub const USER_AGENT: &str = concat!("opencti-stream-exporter/", env!("CARGO_PKG_VERSION"));
 
-/// Largest dead-letter file that still records payloads.
-const DEAD_LETTER_MAX_BYTES: u64 = 256 << 20;
-
 /// Opens the WAL and logs what its recovery found. Damaged segments are logged as errors and do
 /// not stop the daemon: ingestion goes on, uploads stop at the damaged one (see status).
 pub fn open_wal(dir: &std::path::Path, max_bytes: u64) -> anyhow::Result<Wal> {
@@ -81,6 +78,13 @@ pub fn opencti_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     if !config.opencti.tls.verify {
         warn_unverified("OPENCTI_SSL_VERIFY=false", "OpenCTI");
     }
+    if sends_token_in_clear(&base) {
+        tracing::warn!(
+            host = base.host_str().unwrap_or("-"),
+            "OPENCTI_URL is plain http:// to another host: the API token and every event cross \
+             the network unencrypted; use https://"
+        );
+    }
     crate::tls::reqwest_client_builder(&config.opencti.tls)
         .context("configuring TLS for OpenCTI (OPENCTI_CA_FILE)")?
         .user_agent(USER_AGENT)
@@ -89,6 +93,25 @@ pub fn opencti_client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .tcp_keepalive(Duration::from_secs(30))
         .build()
         .context("building the HTTP client for OpenCTI")
+}
+
+/// Whether `url` is plain `http://` to a host other than this one (a loopback address or
+/// `localhost`), so the token would cross a network in clear.
+pub fn sends_token_in_clear(url: &reqwest::Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name != "localhost" && !name.ends_with(".localhost")
+        }
+    }
 }
 
 /// Logs, once per client built, that `peer`'s certificate is not checked because of `setting`.
@@ -167,7 +190,9 @@ pub fn pipeline_settings(config: &Config) -> PipelineSettings {
         },
         queue_size: config.stream.queue_size,
         max_bytes: config.wal.max_bytes,
-        dead_letter_max_bytes: DEAD_LETTER_MAX_BYTES,
+        dead_letter_max_bytes: crate::pipeline::dead_letter::file_bytes_for_budget(
+            config.wal.max_bytes,
+        ),
     }
 }
 
@@ -178,6 +203,7 @@ pub fn api_settings(config: &Config) -> ApiSettings {
         name: config.connector.name.clone(),
         scope: config.connector.scope.clone(),
         ping_interval: config.opencti.ping_interval,
+        min_reset_interval: opencti_api::DEFAULT_MIN_RESET_INTERVAL,
     }
 }
 
@@ -245,7 +271,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             address = %listener.local_addr().unwrap_or(addr),
             "serving /metrics, /healthz, /readyz and /status"
         );
-        ops_tasks.push(ops::http::serve(listener, view.clone(), ops_cancel.clone()));
+        let options = ops::http::EndpointOptions {
+            token: config.connector.metrics_token.clone(),
+            limits: ops::connections::DEFAULT_LIMITS,
+        };
+        ops_tasks.push(ops::http::serve(
+            listener,
+            view.clone(),
+            options,
+            ops_cancel.clone(),
+        ));
     }
     ops_tasks.push(tokio::spawn(ops::progress::run(
         view,
@@ -266,7 +301,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         ops_cancel.clone(),
     )));
 
+    let failure = Arc::clone(&stats.wal_failure);
     let result = run_pipeline(&config, &wal, &first, http, sink, stats, resets, &cancel).await;
+    if failure.reason().is_some() {
+        // A failed disk can leave the WAL's writer waiting for good: its handles are never
+        // dropped (dropping the last one joins the writer), the process exits without them.
+        // Everything acknowledged is already durable.
+        std::mem::forget(wal.clone());
+    }
     ops_cancel.cancel();
     for task in ops_tasks {
         if tokio::time::timeout(OPS_STOP_GRACE, task).await.is_err() {
@@ -394,4 +436,21 @@ pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
         std::process::exit(130);
     });
     Ok(cancel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_flagged_only_towards_another_host() {
+        let flagged = |url: &str| sends_token_in_clear(&reqwest::Url::parse(url).expect("a URL"));
+        assert!(flagged("http://opencti:8080/"));
+        assert!(flagged("http://10.0.0.5/"));
+        assert!(flagged("http://[2001:db8::1]:8080/"));
+        assert!(!flagged("https://opencti:8080/"));
+        assert!(!flagged("http://localhost:8080/"));
+        assert!(!flagged("http://127.0.0.1:8080/"));
+        assert!(!flagged("http://[::1]:8080/"));
+    }
 }

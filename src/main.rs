@@ -23,8 +23,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(dispatch(cli))
+    let code = runtime.block_on(dispatch(cli));
+    // A blocking task stuck on a failed disk must not keep the process from exiting.
+    runtime.shutdown_timeout(RUNTIME_STOP_GRACE);
+    code
 }
+
+/// Longest wait for blocking tasks once the command finished.
+const RUNTIME_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn dispatch(cli: Cli) -> ExitCode {
     let config_path = cli.config.clone();
@@ -85,7 +91,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             report(commands::import_state::run(&config, &args))
         }
-        Command::Healthcheck(args) => report(commands::healthcheck::run(args.port).await),
+        Command::Healthcheck(args) => {
+            report(commands::healthcheck::run(args.bind, args.port).await)
+        }
         Command::Quarantine(args) => {
             let (config, _) = match load_config(config_path.as_ref()) {
                 Ok(loaded) => loaded,

@@ -59,6 +59,27 @@ impl ReadbackReport {
 
 /// Most problems kept in a report (the count goes on; the list stops).
 const MAX_PROBLEMS: usize = 100;
+/// Largest plain content a `.json.zst` file may decode to: a small file that decodes to more
+/// (a "zstd bomb") is reported instead of filling memory.
+pub const MAX_DECODED_BYTES: u64 = 1 << 30;
+
+/// Decodes a zstd body, refusing one whose content is larger than `max_bytes`.
+fn decode_capped(body: &[u8], max_bytes: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let decoder = zstd::stream::read::Decoder::new(body)
+        .map_err(|err| format!("not a valid zstd stream: {err}"))?;
+    let mut plain = Vec::new();
+    decoder
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut plain)
+        .map_err(|err| format!("not a valid zstd stream: {err}"))?;
+    if plain.len() as u64 > max_bytes {
+        return Err(format!(
+            "decodes to more than {max_bytes} bytes: not read further"
+        ));
+    }
+    Ok(plain)
+}
 
 /// Reads every file under `prefix` of `sink` in listing order, expecting the first to be number
 /// `first_expected`. Calls `on_line` with each non-empty line (bytes, without `\n`) in order;
@@ -101,10 +122,10 @@ pub async fn read_back(
         let body = sink.get(key).await?;
         report.bytes += body.len() as u64;
         let plain = if key.ends_with(".zst") {
-            match zstd::decode_all(body.as_ref()) {
+            match decode_capped(body.as_ref(), MAX_DECODED_BYTES) {
                 Ok(plain) => plain,
                 Err(err) => {
-                    report.problem(key, None, format!("not a valid zstd stream: {err}"));
+                    report.problem(key, None, err);
                     expected += 1;
                     continue;
                 }
@@ -287,5 +308,24 @@ mod tests {
         assert_eq!(report.id_rewinds[0].line, Some(2));
         assert_eq!(report.problems.len(), 1);
         assert!(report.problems[0].what.starts_with("not JSON"));
+    }
+
+    #[test]
+    fn a_zstd_body_is_decoded_only_up_to_the_cap() {
+        let plain = vec![b'{'; 1 << 20];
+        let compressed = zstd::encode_all(plain.as_slice(), 19).expect("compressing");
+        assert!(
+            compressed.len() < 1 << 12,
+            "a small file that decodes to a lot"
+        );
+        assert_eq!(
+            decode_capped(&compressed, 1 << 20)
+                .expect("at the cap")
+                .len(),
+            1 << 20
+        );
+        let refused = decode_capped(&compressed, (1 << 20) - 1).expect_err("over the cap");
+        assert!(refused.contains("more than"), "{refused}");
+        assert!(decode_capped(b"not zstd", 1 << 20).is_err());
     }
 }

@@ -125,4 +125,18 @@ mod tests {
             parse_stock_state(&at_limit).is_err_and(|e| e.to_string().contains("integer limit"))
         );
     }
+
+    #[test]
+    fn a_file_count_at_the_integer_limit_is_refused_not_wrapped() {
+        let at_limit = format!(r#"{{"start_from": "1-0", "file_count": {}}}"#, u64::MAX);
+        let error = parse_stock_state(&at_limit).expect_err("refused");
+        assert!(error.to_string().contains("too large"), "{error}");
+        let as_text = format!(r#"{{"start_from": "1-0", "file_count": "{}"}}"#, u64::MAX);
+        assert!(parse_stock_state(&as_text).is_err());
+        let below = format!(r#"{{"start_from": "1-0", "file_count": {}}}"#, u64::MAX - 1);
+        assert_eq!(
+            parse_stock_state(&below).expect("valid").next_file_number,
+            u64::MAX
+        );
+    }
 }

@@ -71,11 +71,23 @@ async fn from_running_daemon(config: &Config, json: bool) -> anyhow::Result<()> 
              its status from /status"
         );
     }
-    let url = format!("http://{}/status", local_address(config));
-    let body = reqwest::Client::builder()
+    let address = crate::ops::http::local_address(
+        config.connector.metrics_bind,
+        config.connector.metrics_port,
+    );
+    let url = format!("http://{address}/status");
+    let mut request = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?
-        .get(&url)
+        .get(&url);
+    if let Some(token) = &config.connector.metrics_token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .context("CONNECTOR_METRICS_TOKEN is not a valid HTTP header value")?;
+        value.set_sensitive(true);
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let body = request
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -90,16 +102,4 @@ async fn from_running_daemon(config: &Config, json: bool) -> anyhow::Result<()> 
         print!("{}", report.to_text());
     }
     Ok(())
-}
-
-/// Where the daemon's endpoint answers from this host: its bind address, or the loopback of the
-/// same family when it binds every address.
-fn local_address(config: &Config) -> std::net::SocketAddr {
-    let bind = config.connector.metrics_bind;
-    let host = match bind {
-        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    std::net::SocketAddr::new(host, config.connector.metrics_port)
 }

@@ -43,7 +43,7 @@ pub async fn run(config: Option<&Config>, args: &VerifyArgs) -> anyhow::Result<(
         |_| {},
         |key, number| {
             if progress {
-                eprint!("\rverifying file {number}: {key}\x1b[K");
+                eprint!("\rverifying file {number}: {}\x1b[K", printable(key));
                 let _ = std::io::stderr().flush();
             }
         },
@@ -107,8 +107,51 @@ fn print_text(destination: &str, prefix: &str, report: &ReadbackReport, allow_re
 fn print_list(problems: &[crate::readback::Problem]) {
     for problem in problems {
         match problem.line {
-            Some(line) => println!("  {} line {line}: {}", problem.key, problem.what),
-            None => println!("  {}: {}", problem.key, problem.what),
+            Some(line) => println!(
+                "  {} line {line}: {}",
+                printable(&problem.key),
+                printable(&problem.what)
+            ),
+            None => println!(
+                "  {}: {}",
+                printable(&problem.key),
+                printable(&problem.what)
+            ),
         }
+    }
+}
+
+/// `text` with its control characters escaped (`\u{1b}`, `\n`, …), so an object key chosen by
+/// whoever can write to the bucket cannot drive the terminal it is printed on.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_printed_with_control_characters_escaped() {
+        let key = "opencti/stream_1_1\u{1b}[2J\u{1b}]0;owned\u{7}.json\n";
+        let shown = printable(key);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+        assert_eq!(
+            printable("opencti/stream_1_1.json"),
+            "opencti/stream_1_1.json"
+        );
     }
 }

@@ -107,6 +107,8 @@ pub struct Connector {
     pub metrics_bind: IpAddr,
     /// Port of the metrics and health endpoint.
     pub metrics_port: u16,
+    /// Bearer token `/metrics` and `/status` require, if set.
+    pub metrics_token: Option<Secret>,
 }
 
 /// S3 / MinIO destination.
@@ -325,10 +327,43 @@ impl Reader<'_> {
         Ok(Some(path))
     }
 
-    fn secret(&self, setting: &Setting) -> Result<Secret, ConfigError> {
-        // The value never goes into the error: only its variable name.
-        self.required(setting)
-            .map(|(value, _)| Secret::new(value.trim()))
+    fn secret(&self, setting: &Setting, file: &Setting) -> Result<Secret, ConfigError> {
+        self.optional_secret(setting, file)?.ok_or_else(|| {
+            ConfigError::new(
+                setting.env,
+                format!("is required, or {} ({})", file.env, setting.help),
+            )
+        })
+    }
+
+    /// A secret given by `setting`, or read from the file named by `file` (the Docker secrets
+    /// convention: `OPENCTI_TOKEN_FILE=/run/secrets/opencti_token`, one trailing newline
+    /// ignored). Both set is an error. The value never goes into an error: only the setting's
+    /// name and the file's path.
+    fn optional_secret(
+        &self,
+        setting: &Setting,
+        file: &Setting,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let value = self.raw(setting);
+        let path = self.raw(file).filter(|raw| !raw.value.trim().is_empty());
+        match (value, path) {
+            (Some(value), Some(path)) => Err(ConfigError::new(
+                path.origin,
+                format!(
+                    "is set together with {}: set only one of them",
+                    value.origin
+                ),
+            )),
+            (None, Some(path)) => read_secret_file(path.value.trim())
+                .map(|value| Some(Secret::new(value)))
+                .map_err(|problem| ConfigError::new(path.origin, problem)),
+            (Some(value), None) if value.value.trim().is_empty() => {
+                Err(ConfigError::new(value.origin, "must not be empty"))
+            }
+            (Some(value), None) => Ok(Some(Secret::new(value.value.trim()))),
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -343,7 +378,7 @@ impl Config {
                 let (value, origin) = r.required(&s::OPENCTI_URL)?;
                 parse::base_url(&value).map_err(|p| ConfigError::new(origin, p))?
             },
-            token: r.secret(&s::OPENCTI_TOKEN)?,
+            token: r.secret(&s::OPENCTI_TOKEN, &s::OPENCTI_TOKEN_FILE)?,
             tls: TlsOptions {
                 verify: r.with_default(&s::OPENCTI_SSL_VERIFY, parse::boolean)?,
                 ca_file: r.optional_path(&s::OPENCTI_CA_FILE)?,
@@ -430,13 +465,17 @@ impl Config {
                 })
             })?,
             metrics_port: r.with_default(&s::CONNECTOR_METRICS_PORT, parse::port)?,
+            metrics_token: r.optional_secret(
+                &s::CONNECTOR_METRICS_TOKEN,
+                &s::CONNECTOR_METRICS_TOKEN_FILE,
+            )?,
         };
 
         let output = Output {
-            folder: r
-                .text(&s::MINIO_FOLDER)
-                .map(|(v, _)| v.trim().trim_matches('/').to_string())
-                .unwrap_or_default(),
+            folder: match r.text(&s::MINIO_FOLDER) {
+                Some((value, origin)) => folder(&value).map_err(|p| ConfigError::new(origin, p))?,
+                None => String::new(),
+            },
             compression: r.with_default(&s::MINIO_COMPRESSION, |t| {
                 match t.trim().to_ascii_lowercase().as_str() {
                     "none" | "" => Ok(Compression::None),
@@ -462,8 +501,8 @@ impl Config {
                     let (value, origin) = r.required(&s::MINIO_BUCKET)?;
                     bucket_name(value.trim()).map_err(|p| ConfigError::new(origin, p))?
                 },
-                access_key: r.secret(&s::MINIO_ACCESS_KEY)?,
-                secret_key: r.secret(&s::MINIO_SECRET_KEY)?,
+                access_key: r.secret(&s::MINIO_ACCESS_KEY, &s::MINIO_ACCESS_KEY_FILE)?,
+                secret_key: r.secret(&s::MINIO_SECRET_KEY, &s::MINIO_SECRET_KEY_FILE)?,
                 region: r
                     .text(&s::MINIO_REGION)
                     .map(|(v, _)| v.trim().to_string())
@@ -574,6 +613,52 @@ impl Config {
         })
         .collect()
     }
+}
+
+/// The secret in the file at `path`, without one trailing newline (`\n` or `\r\n`, as `echo`
+/// and editors leave); anything else is kept. An empty secret is refused.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    let value = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if value.is_empty() {
+        return Err(format!("the file {path} is empty"));
+    }
+    Ok(value.to_string())
+}
+
+/// Longest folder: S3 keys hold at most 1024 bytes, and the file name needs about 40.
+const MAX_FOLDER_BYTES: usize = 900;
+
+/// `MINIO_FOLDER` without its leading and trailing `/`, checked once at start-up so that a key
+/// the destination would refuse stops start-up rather than an upload retried forever: segments
+/// separated by `/`, none empty, `.` or `..`, no control character or backslash.
+fn folder(text: &str) -> Result<String, String> {
+    let folder = text.trim().trim_matches('/');
+    if folder.len() > MAX_FOLDER_BYTES {
+        return Err(format!(
+            "must be at most {MAX_FOLDER_BYTES} bytes, got {}",
+            folder.len()
+        ));
+    }
+    if let Some(bad) = folder.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!(
+            "must not contain {bad:?}: use '/' to separate folders"
+        ));
+    }
+    if !folder.is_empty()
+        && let Some(bad) = folder
+            .split('/')
+            .find(|segment| segment.is_empty() || *segment == "." || *segment == "..")
+    {
+        return Err(format!(
+            "has an invalid folder name {bad:?} in {folder:?}: no empty, '.' or '..' parts"
+        ));
+    }
+    Ok(folder.to_string())
 }
 
 fn at_least(value: u64, min: u64, shown: &str) -> Result<u64, String> {

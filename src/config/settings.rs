@@ -471,6 +471,48 @@ setting!(
     "Objects larger than this are uploaded in parts."
 );
 
+// Secrets read from files (the Docker secrets convention) and the endpoint's token.
+setting!(
+    OPENCTI_TOKEN_FILE,
+    "OPENCTI_TOKEN_FILE",
+    [&["opencti", "token_file"]],
+    None,
+    false,
+    "File holding OPENCTI_TOKEN (Docker secrets; one trailing newline is ignored). Not together with OPENCTI_TOKEN."
+);
+setting!(
+    MINIO_ACCESS_KEY_FILE,
+    "MINIO_ACCESS_KEY_FILE",
+    [&["minio", "access_key_file"]],
+    None,
+    false,
+    "File holding MINIO_ACCESS_KEY (Docker secrets; one trailing newline is ignored). Not together with MINIO_ACCESS_KEY."
+);
+setting!(
+    MINIO_SECRET_KEY_FILE,
+    "MINIO_SECRET_KEY_FILE",
+    [&["minio", "secret_key_file"]],
+    None,
+    false,
+    "File holding MINIO_SECRET_KEY (Docker secrets; one trailing newline is ignored). Not together with MINIO_SECRET_KEY."
+);
+setting!(
+    CONNECTOR_METRICS_TOKEN,
+    "CONNECTOR_METRICS_TOKEN",
+    [&["connector", "metrics_token"]],
+    None,
+    false,
+    "Bearer token required on /metrics and /status (secret); unset leaves them open. /healthz and /readyz stay open."
+);
+setting!(
+    CONNECTOR_METRICS_TOKEN_FILE,
+    "CONNECTOR_METRICS_TOKEN_FILE",
+    [&["connector", "metrics_token_file"]],
+    None,
+    false,
+    "File holding CONNECTOR_METRICS_TOKEN (Docker secrets; one trailing newline is ignored). Not together with CONNECTOR_METRICS_TOKEN."
+);
+
 /// Every setting, in the order of `config.yml.sample`.
 pub const ALL: &[Setting] = &[
     OPENCTI_URL,
@@ -528,4 +570,10 @@ pub const ALL: &[Setting] = &[
     UPLOAD_BACKOFF_MAX_SEC,
     UPLOAD_TIMEOUT_SEC,
     UPLOAD_MULTIPART_THRESHOLD,
+    // Secrets read from files and the endpoint's token.
+    OPENCTI_TOKEN_FILE,
+    MINIO_ACCESS_KEY_FILE,
+    MINIO_SECRET_KEY_FILE,
+    CONNECTOR_METRICS_TOKEN,
+    CONNECTOR_METRICS_TOKEN_FILE,
 ];

@@ -345,3 +345,124 @@ fn the_readme_documents_every_setting_with_its_default() {
         }
     }
 }
+
+// Secrets from files, the endpoint's token and MINIO_FOLDER.
+
+#[test]
+fn secrets_can_come_from_files_with_one_trailing_newline_ignored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("writing a secret file");
+        path.display().to_string()
+    };
+    let token = write("token", "tok-from-file\n");
+    let access = write("access", "AKIA-file\r\n");
+    let secret = write("secret", "with space at end \n\n");
+    let metrics = write("metrics", "metrics-token");
+    let mut env: Vec<(&str, &str)> = minimal_env()
+        .into_iter()
+        .filter(|(k, _)| {
+            !matches!(
+                *k,
+                "OPENCTI_TOKEN" | "MINIO_ACCESS_KEY" | "MINIO_SECRET_KEY"
+            )
+        })
+        .collect();
+    env.extend([
+        ("OPENCTI_TOKEN_FILE", token.as_str()),
+        ("MINIO_ACCESS_KEY_FILE", access.as_str()),
+        ("MINIO_SECRET_KEY_FILE", secret.as_str()),
+        ("CONNECTOR_METRICS_TOKEN_FILE", metrics.as_str()),
+    ]);
+    let config = load(&env, None).expect("valid");
+    assert_eq!(config.opencti.token.expose(), "tok-from-file");
+    let Destination::S3(s3) = &config.destination else {
+        panic!("S3 destination");
+    };
+    assert_eq!(s3.access_key.expose(), "AKIA-file");
+    assert_eq!(
+        s3.secret_key.expose(),
+        "with space at end \n",
+        "only one newline goes"
+    );
+    assert_eq!(
+        config.connector.metrics_token.as_ref().map(|t| t.expose()),
+        Some("metrics-token")
+    );
+    let plain = load(&with(&[("CONNECTOR_METRICS_TOKEN", " open-sesame ")]), None).expect("valid");
+    assert_eq!(
+        plain.connector.metrics_token.as_ref().map(|t| t.expose()),
+        Some("open-sesame")
+    );
+    assert!(
+        load(&minimal_env(), None)
+            .expect("valid")
+            .connector
+            .metrics_token
+            .is_none()
+    );
+}
+
+#[test]
+fn a_secret_file_set_twice_missing_or_empty_is_refused_without_the_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").expect("writing");
+    // `with` takes 'static values: these few test strings are leaked.
+    let empty: &'static str = Box::leak(empty.display().to_string().into_boxed_str());
+    let missing: &'static str = Box::leak(
+        dir.path()
+            .join("missing")
+            .display()
+            .to_string()
+            .into_boxed_str(),
+    );
+    let cases = [
+        (
+            with(&[("OPENCTI_TOKEN_FILE", empty)]),
+            "OPENCTI_TOKEN_FILE",
+            "set together with OPENCTI_TOKEN",
+        ),
+        (
+            with(&[("MINIO_SECRET_KEY_FILE", missing)])
+                .into_iter()
+                .filter(|(k, _)| *k != "MINIO_SECRET_KEY")
+                .collect(),
+            "MINIO_SECRET_KEY_FILE",
+            "cannot read",
+        ),
+        (
+            with(&[("CONNECTOR_METRICS_TOKEN_FILE", empty)]),
+            "CONNECTOR_METRICS_TOKEN_FILE",
+            "is empty",
+        ),
+        (
+            without("OPENCTI_TOKEN"),
+            "OPENCTI_TOKEN",
+            "or OPENCTI_TOKEN_FILE",
+        ),
+    ];
+    for (env, variable, problem) in cases {
+        let error = load(&env, None).expect_err(variable).to_string();
+        assert!(error.starts_with(variable), "{error}");
+        assert!(error.contains(problem), "{error}");
+        assert!(
+            !error.contains("s3cr3t-value") && !error.contains("tok-123"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn minio_folder_is_checked_at_start_up() {
+    let folder = |value: &'static str| load(&with(&[("MINIO_FOLDER", value)]), None);
+    assert_eq!(folder("/a/b/").expect("valid").output.folder, "a/b");
+    assert_eq!(folder("").expect("valid").output.folder, "");
+    for bad in ["a/../b", "a//b", "./a", "..", "a\\b", "a\nb"] {
+        let error = folder(bad).expect_err(bad).to_string();
+        assert!(error.starts_with("MINIO_FOLDER"), "{bad:?}: {error}");
+    }
+    let long: &'static str = Box::leak("x".repeat(901).into_boxed_str());
+    assert!(folder(long).is_err());
+}

@@ -114,6 +114,7 @@ catalogue! {
     "stream_exporter_opencti_registered" "gauge" [] "1 once the connector is registered on OpenCTI.";
     "stream_exporter_opencti_register_errors_total" "counter" [] "Registration attempts that failed (retried in the background).";
     "stream_exporter_state_resets_total" "counter" [] "State resets requested from the OpenCTI UI and honoured.";
+    "stream_exporter_state_resets_refused_total" "counter" [] "State reset answers from OpenCTI not honoured (too soon after the last one, or before the platform stored the state sent after it).";
 }
 
 /// The metrics endpoint's registry, reading `view` at every scrape.
@@ -487,6 +488,10 @@ fn encode_all(view: &DaemonView, out: &mut Out<'_, '_>) -> fmt::Result {
     out.counter(
         "stream_exporter_state_resets_total",
         view.api.resets.load(Relaxed),
+    )?;
+    out.counter(
+        "stream_exporter_state_resets_refused_total",
+        view.api.resets_refused.load(Relaxed),
     )?;
     if out.next != CATALOGUE.len() {
         return Err(fmt::Error);

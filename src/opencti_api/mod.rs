@@ -14,11 +14,19 @@
 //!   `file_count` describe uploaded files only, so what the UI shows can always be imported.
 //!   The WAL is the source of truth; a different state held by the platform is reported, never
 //!   adopted (except a reset, below).
-//! - **Reset from the UI.** `resetStateConnector` makes the next ping answer an empty state. The
-//!   task then sends a [`ResetRequest`] to the daemon, which stops the pipeline, moves the stream
-//!   position back to the first-start position with recovery (file numbering and everything
-//!   already in the WAL are kept), restarts the pipeline and answers; the task pings again at once
-//!   with the new state. Logged at WARN on both sides.
+//! - **Reset from the UI.** `resetStateConnector` makes the next ping answer the empty string
+//!   `""`. The task then sends a [`ResetRequest`] to the daemon, which stops the pipeline, moves
+//!   the stream position back to the first-start position with recovery (file numbering and
+//!   everything already in the WAL are kept), restarts the pipeline and answers; the task pings
+//!   again with the new state after a short backoff ([`crate::backoff`]), never in a tight loop.
+//!   Logged at WARN on both sides.
+//! - **A misbehaving platform cannot make it re-export the world.** Only the explicit `""` is a
+//!   reset; a state that is missing, `null` or `{}` is ignored (warned about once). A `""` is
+//!   honoured only while armed: on the first ping of the process, and after the platform has
+//!   echoed a state this exporter sent since the last reset; and at most once per
+//!   [`ApiSettings::min_reset_interval`]. Any other `""` is refused, counted
+//!   (`stream_exporter_state_resets_refused_total`) and warned about once, so a platform that
+//!   keeps answering `""` causes one reset, not a storm.
 //! - **Secrets** (DESIGN.md invariant 8): the token only goes into the `Authorization` header,
 //!   marked sensitive; the registration asks for none of the secrets the platform could answer
 //!   (RabbitMQ password, S3 keys).
@@ -50,6 +58,8 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(40);
 pub const PING_AFTER_UPLOAD: Duration = Duration::from_secs(2);
 /// Time limit of one GraphQL call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest time between two honoured state resets.
+pub const DEFAULT_MIN_RESET_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The registration mutation. Only `id`, `connector_state` and `connector_user_id` are asked for:
 /// the platform's answer can also carry the RabbitMQ password and S3 keys, which the exporter
@@ -73,6 +83,9 @@ pub struct ApiSettings {
     pub scope: Vec<String>,
     /// Time between pings.
     pub ping_interval: Duration,
+    /// Shortest time between two honoured state resets ([`DEFAULT_MIN_RESET_INTERVAL`]); a reset
+    /// answer sooner is refused.
+    pub min_reset_interval: Duration,
 }
 
 impl ApiSettings {
@@ -123,12 +136,20 @@ pub async fn run(
     context: ApiContext,
     cancel: CancellationToken,
 ) {
+    let reset_backoff = Backoff::new(Duration::from_secs(1), settings.ping_interval);
     let mut task = Task {
         client,
         settings,
         context,
         failure: None,
         different: None,
+        resets: ResetGate {
+            armed: true,
+            last: None,
+            backoff: reset_backoff,
+            warned: false,
+        },
+        warned_empty: false,
     };
     task.run(&cancel).await;
 }
@@ -166,6 +187,51 @@ struct Task {
     failure: Option<String>,
     /// The last different state reported, to warn once per distinct value.
     different: Option<Value>,
+    /// Whether a reset answer is honoured now.
+    resets: ResetGate,
+    /// An answer without a state was warned about (until the platform echoes the state again).
+    warned_empty: bool,
+}
+
+/// When a reset answer is honoured (see the module documentation).
+struct ResetGate {
+    /// A `""` now would be honoured: first ping of the process, or the platform echoed a state
+    /// sent since the last reset.
+    armed: bool,
+    /// When the last reset was honoured.
+    last: Option<tokio::time::Instant>,
+    /// Delay before the ping after a reset, growing while resets follow each other.
+    backoff: Backoff,
+    /// A refused reset was warned about (until the platform echoes the state again).
+    warned: bool,
+}
+
+impl ResetGate {
+    /// Why a reset answer now is refused, if it is.
+    fn refusal(&self, min_interval: Duration) -> Option<String> {
+        if !self.armed {
+            return Some(
+                "the platform answered an empty state again without having stored the state \
+                 sent after the last reset"
+                    .to_string(),
+            );
+        }
+        match self.last {
+            Some(last) if last.elapsed() < min_interval => Some(format!(
+                "the last reset was {:.0} s ago; at most one every {:.0} s is honoured",
+                last.elapsed().as_secs_f64(),
+                min_interval.as_secs_f64()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The platform echoed the state sent.
+    fn acknowledged(&mut self) {
+        self.armed = true;
+        self.warned = false;
+        self.backoff.reset();
+    }
 }
 
 impl Task {
@@ -323,6 +389,20 @@ impl Task {
         match answer {
             PlatformState::Same => {
                 self.different = None;
+                self.warned_empty = false;
+                self.resets.acknowledged();
+                Some(self.settings.ping_interval)
+            }
+            PlatformState::Empty => {
+                if !self.warned_empty {
+                    tracing::warn!(
+                        connector_id = %self.settings.connector_id,
+                        "the platform answered the ping without a state (missing, null or {{}}): \
+                         not a reset (a reset answers an empty string); ignored, the state is \
+                         sent again at every ping"
+                    );
+                    self.warned_empty = true;
+                }
                 Some(self.settings.ping_interval)
             }
             PlatformState::Different(theirs) => {
@@ -339,6 +419,21 @@ impl Task {
                 Some(self.settings.ping_interval)
             }
             PlatformState::Reset => {
+                if let Some(why) = self.resets.refusal(self.settings.min_reset_interval) {
+                    ApiStats::add(&self.context.stats.resets_refused);
+                    if !self.resets.warned {
+                        tracing::warn!(
+                            connector_id = %self.settings.connector_id,
+                            reason = %why,
+                            "the platform answered a state reset, NOT honoured: a platform that \
+                             keeps answering resets must not make the exporter re-export \
+                             everything again and again; request the reset again from the \
+                             connector page if it was meant"
+                        );
+                        self.resets.warned = true;
+                    }
+                    return Some(self.settings.ping_interval);
+                }
                 tracing::warn!(
                     connector_id = %self.settings.connector_id,
                     "OpenCTI asks for a state reset (from the connector page): restarting the \
@@ -362,8 +457,11 @@ impl Task {
                 match outcome {
                     Ok(Ok(())) => {
                         ApiStats::add(&self.context.stats.resets);
-                        // Show the new state on the platform at once.
-                        Some(Duration::ZERO)
+                        self.resets.armed = false;
+                        self.resets.last = Some(tokio::time::Instant::now());
+                        // Show the new state on the platform soon, never in a tight loop.
+                        let min_delay = Duration::from_millis(500).min(self.settings.ping_interval);
+                        Some(self.resets.backoff.next_delay().max(min_delay))
                     }
                     Ok(Err(why)) => {
                         tracing::error!(error = %why, "the state reset could not be applied");

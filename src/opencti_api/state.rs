@@ -87,9 +87,14 @@ impl ConnectorState {
 pub enum PlatformState {
     /// The platform stored what was sent.
     Same,
-    /// The state was reset from the UI: the platform answers an empty state (`""`, `null`,
-    /// `"null"` or `{}`) instead of what was sent.
+    /// The explicit reset answer: the empty string `""` instead of the state just sent, which is
+    /// what the platform answers once after `resetStateConnector` (reference §3.4). Whether it is
+    /// honoured is the API task's decision (see [`super`]).
     Reset,
+    /// No state at all: `connector_state` missing or `null`, the string `"null"`, `{}` or a JSON
+    /// empty string. The platform never answers these to a reset, so they are not one: a
+    /// misbehaving platform or proxy must not make the exporter re-export the world.
+    Empty,
     /// The platform holds another, non-empty state: another process pings with the same
     /// connector id, or the state was edited. The WAL stays authoritative.
     Different(Value),
@@ -99,7 +104,8 @@ pub enum PlatformState {
 /// so key order and spacing do not matter).
 pub fn compare(sent: &str, answered: Option<&str>) -> PlatformState {
     let answered = match answered.map(str::trim) {
-        None | Some("") => return PlatformState::Reset,
+        None => return PlatformState::Empty,
+        Some("") => return PlatformState::Reset,
         Some(text) => text,
     };
     let answered_value = match serde_json::from_str::<Value>(answered) {
@@ -107,7 +113,7 @@ pub fn compare(sent: &str, answered: Option<&str>) -> PlatformState {
         Err(_) => return PlatformState::Different(Value::String(answered.to_string())),
     };
     if is_empty_state(&answered_value) {
-        return PlatformState::Reset;
+        return PlatformState::Empty;
     }
     match serde_json::from_str::<Value>(sent) {
         Ok(sent_value) if sent_value == answered_value => PlatformState::Same,
@@ -115,7 +121,7 @@ pub fn compare(sent: &str, answered: Option<&str>) -> PlatformState {
     }
 }
 
-/// `null`, `{}` or `""`: what a state reset leaves.
+/// `null`, `{}` or `""` as JSON values: no state.
 fn is_empty_state(value: &Value) -> bool {
     match value {
         Value::Null => true,
@@ -278,10 +284,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_answer_is_a_reset_and_another_state_is_not() {
+    fn only_the_empty_string_is_a_reset_and_no_state_is_not_one() {
         let sent = r#"{"start_from":"5-0","file_count":3}"#;
-        for empty in [None, Some(""), Some("null"), Some("{}"), Some(" \"\" ")] {
-            assert_eq!(compare(sent, empty), PlatformState::Reset, "{empty:?}");
+        assert_eq!(compare(sent, Some("")), PlatformState::Reset);
+        assert_eq!(compare(sent, Some(" ")), PlatformState::Reset);
+        for empty in [None, Some("null"), Some("{}"), Some(" \"\" ")] {
+            assert_eq!(compare(sent, empty), PlatformState::Empty, "{empty:?}");
         }
         assert_eq!(
             compare(sent, Some(r#"{"file_count": 3, "start_from": "5-0"}"#)),

@@ -21,6 +21,9 @@ pub struct ApiStats {
     pub last_ping_ok_unix_ms: AtomicU64,
     /// State resets requested from the UI and honoured.
     pub resets: AtomicU64,
+    /// Reset answers refused (too soon after the last reset, or before the platform stored the
+    /// state sent after it).
+    pub resets_refused: AtomicU64,
     failing: Mutex<Option<String>>,
 }
 

@@ -2,7 +2,9 @@
 //!
 //! - **Alive** (`/healthz` 200): the process answers (the handler ran on the runtime that also
 //!   runs the pipeline) and it is not wedged: no group of events has been waiting more than
-//!   [`WEDGED_AFTER`] to become durable (a hung disk or a dead WAL writer thread). An
+//!   [`WEDGED_AFTER`] to become durable (a hung disk or a dead WAL writer thread), and the WAL
+//!   does not refuse writes (a failed fsync or I/O error: the daemon is then stopping, to be
+//!   restarted, see [`crate::pipeline::failure`]). An
 //!   unreachable OpenCTI or S3, or a full disk budget, is *not* a liveness failure: restarting
 //!   would not help, and the daemon rides those out by design.
 //! - **Ready** (`/readyz` 200): the OpenCTI event stream is connected, the WAL accepts writes (no
@@ -65,16 +67,27 @@ pub fn liveness(view: &DaemonView, now_ms: u64) -> Liveness {
         Duration::from_millis(now_ms.saturating_sub(since))
     };
     let wedged = waiting > WEDGED_AFTER;
-    Liveness {
-        healthy: !wedged,
-        oldest_pending_commit_seconds: waiting.as_secs_f64(),
-        problem: wedged.then(|| {
+    let failed = view
+        .pipeline
+        .wal_failure
+        .reason()
+        .or_else(|| view.wal.failure().map(|cause| cause.to_string()));
+    let problem = match failed {
+        Some(reason) => Some(format!(
+            "the write-ahead log refuses writes ({reason}): the daemon is stopping to be restarted"
+        )),
+        None => wedged.then(|| {
             format!(
                 "events handed to the WAL {:.0} s ago are still not durable: the disk or the WAL \
                  writer is stuck",
                 waiting.as_secs_f64()
             )
         }),
+    };
+    Liveness {
+        healthy: problem.is_none(),
+        oldest_pending_commit_seconds: waiting.as_secs_f64(),
+        problem,
     }
 }
 
@@ -114,6 +127,21 @@ mod tests {
         let wedged = liveness(&view, now);
         assert!(!wedged.healthy);
         assert!(wedged.problem.is_some_and(|p| p.contains("not durable")));
+    }
+
+    #[test]
+    fn a_failed_wal_means_not_alive() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let view = test_view(dir.path());
+        assert!(liveness(&view, 1_000_000_000).healthy);
+        view.pipeline.wal_failure.record(&wal::WalError::Io {
+            action: "fsyncing",
+            path: dir.path().to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        });
+        let failed = liveness(&view, 1_000_000_000);
+        assert!(!failed.healthy);
+        assert!(failed.problem.is_some_and(|p| p.contains("refuses writes")));
     }
 
     #[test]

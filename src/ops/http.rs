@@ -11,13 +11,17 @@
 //! Anything else is 404. Every answer is computed when asked, from the [`DaemonView`]; the
 //! server runs on the daemon's runtime, so an answer from `/healthz` also proves the runtime is
 //! not blocked.
+//!
+//! With a token configured ([`super::auth`]), `/metrics` and `/status` answer 401 without it.
+//! Connections are bounded in number, in the time to send a request and in lifetime
+//! ([`super::connections`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -25,9 +29,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonView;
+use super::auth::authorized;
+use super::connections::{self, ConnectionLimits};
 use super::health::{liveness, readiness};
 use crate::ids::now_ms;
 use crate::metrics::{self, Metrics};
+use crate::secret::Secret;
 
 /// The listening socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +57,27 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
+/// Who may ask what, and how connections are bounded.
+#[derive(Debug, Clone)]
+pub struct EndpointOptions {
+    /// The bearer token `/metrics` and `/status` require, if any.
+    pub token: Option<Secret>,
+    /// Bounds on connections.
+    pub limits: ConnectionLimits,
+}
+
 struct Endpoint {
     view: DaemonView,
     metrics: Metrics,
+    token: Option<Secret>,
 }
 
-/// The routes, answering from `view`.
-pub fn router(view: DaemonView) -> Router {
+/// The routes, answering from `view`; `/metrics` and `/status` require `token` when set.
+pub fn router(view: DaemonView, token: Option<Secret>) -> Router {
     let endpoint = Arc::new(Endpoint {
         metrics: Metrics::new(view.clone()),
         view,
+        token,
     });
     Router::new()
         .route("/metrics", get(metrics_route))
@@ -70,20 +88,41 @@ pub fn router(view: DaemonView) -> Router {
         .with_state(endpoint)
 }
 
-/// Serves `listener` until `cancel` fires (connections in progress are finished).
-pub fn serve(listener: TcpListener, view: DaemonView, cancel: CancellationToken) -> JoinHandle<()> {
-    let app = router(view);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "the metrics and health endpoint stopped");
-        }
-    })
+/// Serves `listener` until `cancel` fires (requests in progress are finished).
+pub fn serve(
+    listener: TcpListener,
+    view: DaemonView,
+    options: EndpointOptions,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let app = router(view, options.token);
+    tokio::spawn(connections::serve(listener, app, options.limits, cancel))
 }
 
-async fn metrics_route(State(endpoint): State<Arc<Endpoint>>) -> Response {
+/// Where a daemon bound to `bind:port` answers from this host: `bind` itself, or the loopback
+/// address of the same family when it binds every address (`0.0.0.0`, `::`).
+pub fn local_address(bind: std::net::IpAddr, port: u16) -> SocketAddr {
+    let host = match bind {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(host, port)
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this endpoint needs the bearer token of CONNECTOR_METRICS_TOKEN\n",
+    )
+        .into_response()
+}
+
+async fn metrics_route(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+    if !authorized(endpoint.token.as_ref(), &headers) {
+        return unauthorized();
+    }
     match endpoint.metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => {
@@ -117,7 +156,10 @@ async fn readyz(State(endpoint): State<Arc<Endpoint>>) -> Response {
     json(code, &answer)
 }
 
-async fn status(State(endpoint): State<Arc<Endpoint>>) -> Response {
+async fn status(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+    if !authorized(endpoint.token.as_ref(), &headers) {
+        return unauthorized();
+    }
     json(StatusCode::OK, &endpoint.view.status())
 }
 

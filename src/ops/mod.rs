@@ -7,6 +7,8 @@
 //! of the WAL's state and one `statvfs`. Nothing here shows a secret (DESIGN.md invariant 8):
 //! the view holds none.
 
+pub mod auth;
+pub mod connections;
 pub mod health;
 pub mod http;
 pub mod progress;

@@ -23,9 +23,9 @@
 //! the durable cursor, losing nothing.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -34,7 +34,7 @@ use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
 use super::PipelineError;
 use super::budget::{Budget, WalFigures};
 use super::cursor::{CursorTracker, Observed};
-use super::dead_letter::{DeadEvent, DeadLetterFile};
+use super::dead_letter::{DeadEvent, DeadLetterFile, WarnLimiter};
 use crate::ids::{EventId, now_ms};
 use crate::metrics::histogram::{Histogram, Records, Seconds};
 use crate::stream::{Action, ResumePosition, StreamItem};
@@ -44,6 +44,8 @@ use crate::stream::{Action, ResumePosition, StreamItem};
 const MAX_GROUP_BYTES: u64 = 1 << 20;
 /// Largest number of lines in one group.
 const MAX_GROUP_RECORDS: usize = 4096;
+/// At most one warning about dead letters per this period (the others are counted in it).
+const DEAD_LETTER_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Groups submitted to the WAL and not yet durable. Two keep the writer busy (one syncing, one
 /// being packed) while bounding the memory held by lines in flight.
 const MAX_IN_FLIGHT: usize = 2;
@@ -121,7 +123,9 @@ struct InFlight {
 pub struct Committer {
     wal: Wal,
     appender: Appender,
-    dead_letters: DeadLetterFile,
+    dead_letters: Arc<Mutex<DeadLetterFile>>,
+    dead_letter_path: std::path::PathBuf,
+    dead_letter_warnings: WarnLimiter,
     tracker: CursorTracker,
     budget: Arc<Budget>,
     stats: Arc<CommitterStats>,
@@ -144,10 +148,13 @@ impl Committer {
         compactor_wake: Arc<Notify>,
     ) -> Self {
         let appender = wal.appender();
+        let dead_letter_path = dead_letters.path().to_path_buf();
         Self {
             wal,
             appender,
-            dead_letters,
+            dead_letters: Arc::new(Mutex::new(dead_letters)),
+            dead_letter_path,
+            dead_letter_warnings: WarnLimiter::new(DEAD_LETTER_WARN_EVERY),
             tracker: CursorTracker::new(),
             budget,
             stats,
@@ -263,29 +270,58 @@ impl Committer {
                 payload,
             } => {
                 self.tracker.observe(Observed::Other);
-                let dead = DeadEvent {
-                    id: id.as_deref(),
-                    event: &event,
-                    reason: &reason,
-                    payload: &payload,
-                };
-                self.dead_letters.append(dead, now_ms()).map_err(|source| {
-                    PipelineError::DeadLetter {
-                        path: self.dead_letters.path().to_path_buf(),
-                        source,
-                    }
-                })?;
+                self.append_dead_letter(id.as_deref(), &event, &reason, payload)
+                    .await?;
                 self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    event_id = id.as_deref().unwrap_or("-"),
-                    event = %event,
-                    reason = %reason,
-                    file = %self.dead_letters.path().display(),
-                    "event cannot be exported: kept in the dead-letter file"
-                );
+                if let Some(held_back) = self.dead_letter_warnings.allow(Instant::now()) {
+                    tracing::warn!(
+                        event_id = id.as_deref().unwrap_or("-"),
+                        event = %event,
+                        reason = %reason,
+                        file = %self.dead_letter_path.display(),
+                        more_since_last_warning = held_back,
+                        "event cannot be exported: kept in the dead-letter file"
+                    );
+                } else {
+                    tracing::debug!(
+                        event_id = id.as_deref().unwrap_or("-"),
+                        reason = %reason,
+                        "event kept in the dead-letter file"
+                    );
+                }
             }
         }
         Ok(())
+    }
+
+    /// Appends a dead letter on a blocking thread (a write and an fsync), so the runtime's
+    /// workers never wait for the disk.
+    async fn append_dead_letter(
+        &self,
+        id: Option<&str>,
+        event: &str,
+        reason: &str,
+        payload: bytes::Bytes,
+    ) -> Result<(), PipelineError> {
+        let file = Arc::clone(&self.dead_letters);
+        let (id, event, reason) = (id.map(str::to_owned), event.to_owned(), reason.to_owned());
+        let appended = tokio::task::spawn_blocking(move || {
+            let dead = DeadEvent {
+                id: id.as_deref(),
+                event: &event,
+                reason: &reason,
+                payload: &payload,
+            };
+            file.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .append(dead, now_ms())
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
+        appended.map_err(|source| PipelineError::DeadLetter {
+            path: self.dead_letter_path.clone(),
+            source,
+        })
     }
 
     /// Hands the packed group to the WAL (after the budget admits it).

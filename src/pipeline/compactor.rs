@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
+use super::PipelineError;
 use super::budget::Budget;
 use crate::backoff::Backoff;
 use crate::ids::now_ms;
@@ -38,7 +39,9 @@ pub struct CompactorSettings {
 
 /// Seals segments until `cancel` fires. `wake` is notified by the committer when a full file is
 /// waiting; `sealed` is notified after each seal (the uploader waits on it). Each seal tells
-/// `budget` that the WAL measured its database again.
+/// `budget` that the WAL measured its database again. A failed seal is retried with backoff,
+/// unless the WAL refuses writes ([`wal::WalError::refuses_writes`]): then it returns the error,
+/// which stops the pipeline.
 pub async fn run(
     wal: Wal,
     settings: CompactorSettings,
@@ -47,7 +50,7 @@ pub async fn run(
     budget: Arc<Budget>,
     stats: Arc<CompactorStats>,
     cancel: CancellationToken,
-) {
+) -> Result<(), PipelineError> {
     let mut last_seal = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     while !cancel.is_cancelled() {
@@ -88,10 +91,13 @@ pub async fn run(
                 Ok(Ok(None)) => last_seal = Instant::now(),
                 Ok(Err(err)) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if err.refuses_writes() {
+                        return Err(PipelineError::Wal(err));
+                    }
                     let delay = backoff.next_delay();
                     tracing::error!(error = %err, retry_in = ?delay, "sealing a segment failed");
                     if sleep_or_cancel(delay, &cancel).await {
-                        return;
+                        return Ok(());
                     }
                     continue;
                 }
@@ -109,9 +115,10 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = wake.notified() => {}
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ok(()),
         }
     }
+    Ok(())
 }
 
 /// Sleeps for `delay` unless `cancel` fires first; returns whether it was cancelled.

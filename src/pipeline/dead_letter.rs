@@ -4,18 +4,58 @@
 //! Each entry is one JSON line: when it was written, the SSE id and event name, why it was
 //! rejected, and the payload (as text when it is UTF-8, as base64 otherwise). An entry is
 //! appended and fsynced before the cursor can move past the event, so a dead-lettered event is
-//! never silently lost. The file is created with mode 0600. Past `max_bytes` the payload is
-//! left out (the id and the reason are still recorded), so a hostile stream cannot fill the disk.
+//! never silently lost. The file is created with mode 0600 and its directory fsynced, so the
+//! file itself survives a power loss.
+//!
+//! Bounded, so a hostile stream cannot fill the disk: the id, event name and reason are cut at
+//! [`MAX_ID_BYTES`], [`MAX_EVENT_BYTES`] and [`MAX_REASON_BYTES`]; a payload whose entry would
+//! not fit in `max_bytes` is left out (its size is recorded); and when an entry would take the
+//! file past `max_bytes`, the file is renamed to [`ROTATED_FILE_NAME`] (replacing the previous
+//! one) and a new one is started. So the dead letters never take more than twice `max_bytes`,
+//! which the disk budget sets aside ([`super::PipelineStats::new`]). Appends are blocking (a
+//! write and an fsync): the committer runs them on a blocking thread.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Serialize;
 
 /// File name of the dead-letter file inside the WAL directory.
 pub const FILE_NAME: &str = "dead-letter.ndjson";
+/// The previous dead-letter file, once the current one reached its size.
+pub const ROTATED_FILE_NAME: &str = "dead-letter.ndjson.1";
+/// Longest SSE id recorded (longer ones are cut).
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest event name recorded.
+pub const MAX_EVENT_BYTES: usize = 64;
+/// Longest reason recorded.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Largest dead-letter file, whatever the disk budget.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+/// Share of the disk budget one dead-letter file may take (two files at most exist).
+const BUDGET_SHARE_DIVISOR: u64 = 16;
+
+/// The size of one dead-letter file under a disk budget of `wal_max_bytes`: a sixteenth of it,
+/// at most [`MAX_FILE_BYTES`]. The current and the rotated file take at most twice that.
+pub fn file_bytes_for_budget(wal_max_bytes: u64) -> u64 {
+    (wal_max_bytes / BUDGET_SHARE_DIVISOR).min(MAX_FILE_BYTES)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    const MARK: &str = "…[cut]";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end]).into()
+}
 
 /// One rejected event.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +88,7 @@ struct Entry<'a> {
 /// Appends rejected events to the dead-letter file, durably.
 #[derive(Debug)]
 pub struct DeadLetterFile {
+    dir: PathBuf,
     path: PathBuf,
     file: File,
     written: u64,
@@ -55,20 +96,14 @@ pub struct DeadLetterFile {
 }
 
 impl DeadLetterFile {
-    /// Opens (creating with mode 0600) `dir/dead-letter.ndjson`. Payloads stop being recorded
-    /// once the file holds `max_bytes`.
+    /// Opens (creating with mode 0600, then fsyncing `dir`) `dir/dead-letter.ndjson`. The file
+    /// is rotated before it would pass `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         let path = dir.join(FILE_NAME);
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options.open(&path)?;
+        let file = open_append(&path, dir)?;
         let written = file.metadata()?.len();
         Ok(Self {
+            dir: dir.to_path_buf(),
             path,
             file,
             written,
@@ -81,28 +116,105 @@ impl DeadLetterFile {
         &self.path
     }
 
-    /// Appends `event` and fsyncs the file. On error nothing may be assumed written.
+    /// Appends `event` and fsyncs the file (rotating it first if the entry would take it past
+    /// its size). Blocking. On error nothing may be assumed written.
     pub fn append(&mut self, event: DeadEvent<'_>, now_ms: u64) -> io::Result<()> {
-        let keep_payload =
-            self.written.saturating_add(event.payload.len() as u64) <= self.max_bytes;
+        let id = event.id.map(|id| capped(id, MAX_ID_BYTES));
+        let name = capped(event.event, MAX_EVENT_BYTES);
+        let reason = capped(event.reason, MAX_REASON_BYTES);
         let text = std::str::from_utf8(event.payload).ok();
-        let entry = Entry {
+        let entry = |keep_payload: bool| Entry {
             at_ms: now_ms,
-            id: event.id,
-            event: event.event,
-            reason: event.reason,
+            id: id.as_deref(),
+            event: &name,
+            reason: &reason,
             payload: text.filter(|_| keep_payload),
             payload_base64: (keep_payload && text.is_none())
                 .then(|| base64::engine::general_purpose::STANDARD.encode(event.payload)),
             payload_omitted: !keep_payload,
             payload_bytes: event.payload.len(),
         };
-        let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        // Base64 takes 4/3 of the payload: skip encoding one that cannot fit anyway.
+        let may_fit = (event.payload.len() as u64).saturating_mul(4) / 3 < self.max_bytes;
+        let mut line = if may_fit {
+            serde_json::to_vec(&entry(true)).map_err(io::Error::other)?
+        } else {
+            Vec::new()
+        };
+        if line.is_empty() || line.len() as u64 >= self.max_bytes {
+            line = serde_json::to_vec(&entry(false)).map_err(io::Error::other)?;
+        }
         line.push(b'\n');
+        if self.written > 0 && self.written.saturating_add(line.len() as u64) > self.max_bytes {
+            self.rotate()?;
+        }
         self.file.write_all(&line)?;
         self.file.sync_data()?;
         self.written += line.len() as u64;
         Ok(())
+    }
+
+    /// Renames the file to [`ROTATED_FILE_NAME`] (replacing the previous one) and starts a new
+    /// one, durably.
+    fn rotate(&mut self) -> io::Result<()> {
+        let rotated = self.dir.join(ROTATED_FILE_NAME);
+        std::fs::rename(&self.path, &rotated)?;
+        self.file = open_append(&self.path, &self.dir)?;
+        self.written = 0;
+        tracing::warn!(
+            file = %self.path.display(),
+            previous = %rotated.display(),
+            "the dead-letter file is full: it was renamed (replacing the one before) and a new \
+             one started"
+        );
+        Ok(())
+    }
+}
+
+/// Opens `path` for appending (mode 0600), creating it; fsyncs `dir` after a rename or a
+/// creation so the file's name is durable too.
+fn open_append(path: &Path, dir: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+/// Lets a warning through at most once per period, counting the ones held back.
+#[derive(Debug)]
+pub struct WarnLimiter {
+    period: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarnLimiter {
+    /// At most one warning per `period`.
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// Whether to warn now; when so, how many warnings were held back since the last one.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.period => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
     }
 }
 
@@ -169,5 +281,75 @@ mod tests {
         assert_eq!(lines[0]["payload_omitted"], true);
         assert_eq!(lines[0]["payload_bytes"], 500);
         assert!(lines[0].get("payload").is_none());
+    }
+
+    #[test]
+    fn long_ids_names_and_reasons_are_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = DeadLetterFile::open(dir.path(), 1 << 20).expect("open");
+        let id = "9".repeat(100_000);
+        let name = "é".repeat(10_000);
+        let reason = "r".repeat(1_000_000);
+        let event = DeadEvent {
+            id: Some(&id),
+            event: &name,
+            reason: &reason,
+            payload: b"{}",
+        };
+        file.append(event, 1).expect("append");
+        let lines = read_lines(file.path());
+        let text = |key: &str| lines[0][key].as_str().expect("a string").to_string();
+        assert!(text("id").len() <= MAX_ID_BYTES && text("id").ends_with("[cut]"));
+        assert!(text("event").len() <= MAX_EVENT_BYTES);
+        assert!(text("reason").len() <= MAX_REASON_BYTES);
+        assert_eq!(lines[0]["payload"], "{}");
+    }
+
+    #[test]
+    fn the_file_rotates_and_never_takes_more_than_twice_its_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let max = 4096;
+        let mut file = DeadLetterFile::open(dir.path(), max).expect("open");
+        let payload = vec![b'p'; 700];
+        for n in 0..100u64 {
+            let id = format!("{n}-0");
+            let event = DeadEvent {
+                id: Some(&id),
+                event: "create",
+                reason: "invalid",
+                payload: &payload,
+            };
+            file.append(event, n).expect("append");
+        }
+        let current = std::fs::metadata(dir.path().join(FILE_NAME))
+            .expect("current")
+            .len();
+        let rotated = std::fs::metadata(dir.path().join(ROTATED_FILE_NAME))
+            .expect("rotated")
+            .len();
+        assert!(current <= max && rotated <= max, "{current} {rotated}");
+        let last = read_lines(&dir.path().join(FILE_NAME));
+        assert_eq!(
+            last.last().expect("an entry")["id"],
+            "99-0",
+            "the newest are kept"
+        );
+        assert_eq!(
+            last.last().expect("an entry")["payload"]
+                .as_str()
+                .map(str::len),
+            Some(700)
+        );
+    }
+
+    #[test]
+    fn warnings_are_let_through_once_per_period_with_a_count_of_the_others() {
+        let mut limiter = WarnLimiter::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(limiter.allow(start), Some(0));
+        assert_eq!(limiter.allow(start + Duration::from_secs(1)), None);
+        assert_eq!(limiter.allow(start + Duration::from_secs(9)), None);
+        assert_eq!(limiter.allow(start + Duration::from_secs(11)), Some(2));
+        assert_eq!(limiter.allow(start + Duration::from_secs(12)), None);
     }
 }

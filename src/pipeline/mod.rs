@@ -12,6 +12,7 @@ pub mod committer;
 pub mod compactor;
 pub mod cursor;
 pub mod dead_letter;
+pub mod failure;
 pub mod uploader;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use budget::Budget;
 use committer::{Committer, CommitterStats};
 use compactor::{CompactorSettings, CompactorStats};
 use dead_letter::DeadLetterFile;
+use failure::WalFailure;
 use uploader::{Uploader, UploaderSettings, UploaderStats};
 
 /// What stops the pipeline with an error. Everything else is retried.
@@ -37,6 +39,10 @@ pub enum PipelineError {
     /// resumes from the durable cursor).
     #[error("the write-ahead log failed: {0}")]
     Wal(#[source] WalError),
+    /// The WAL failed and the pipeline did not stop within [`failure::STOP_GRACE`] (a commit
+    /// hanging on the failed disk); the process must exit without waiting for it.
+    #[error("the write-ahead log failed ({0}) and the pipeline did not stop in time")]
+    WalStuck(String),
     /// The dead-letter file could not be written.
     #[error("cannot write the dead-letter file {path}: {source}")]
     DeadLetter {
@@ -111,7 +117,8 @@ pub struct PipelineSettings {
     pub queue_size: usize,
     /// Disk budget.
     pub max_bytes: u64,
-    /// Size past which the dead-letter file stops recording payloads.
+    /// Size of one dead-letter file (it rotates past it; two files at most, set aside in the
+    /// disk budget): [`dead_letter::file_bytes_for_budget`].
     pub dead_letter_max_bytes: u64,
 }
 
@@ -128,18 +135,27 @@ pub struct PipelineStats {
     pub uploader: Arc<UploaderStats>,
     /// Disk budget (pauses, whether reading is paused).
     pub budget: Arc<Budget>,
+    /// The WAL failure stopping the pipeline, if any (liveness fails from then on).
+    pub wal_failure: Arc<WalFailure>,
 }
 
 impl PipelineStats {
     /// Fresh counters for a pipeline run with `settings`. Kept by the daemon across pipeline
-    /// restarts (a state reset from OpenCTI) so counters never go back.
+    /// restarts (a state reset from OpenCTI) so counters never go back. The disk budget keeps
+    /// room for the dead-letter files besides the WAL.
     pub fn new(settings: &PipelineSettings) -> Self {
         Self {
             stream: Arc::new(StreamStats::default()),
             committer: Arc::new(CommitterStats::default()),
             compactor: Arc::new(CompactorStats::default()),
             uploader: Arc::new(UploaderStats::default()),
-            budget: Arc::new(Budget::new(settings.max_bytes, wal::DATABASE_GROWTH_BYTES)),
+            // The dead-letter files (current and rotated) are counted as set aside.
+            budget: Arc::new(Budget::new(
+                settings.max_bytes,
+                wal::DATABASE_GROWTH_BYTES
+                    .saturating_add(settings.dead_letter_max_bytes.saturating_mul(2)),
+            )),
+            wal_failure: Arc::new(WalFailure::default()),
         }
     }
 }
@@ -150,8 +166,9 @@ pub struct Pipeline {
     cancel: CancellationToken,
     stream: JoinHandle<Result<(), StreamError>>,
     committer: JoinHandle<Result<(), PipelineError>>,
-    compactor: JoinHandle<()>,
-    uploader: JoinHandle<()>,
+    compactor: JoinHandle<Result<(), PipelineError>>,
+    uploader: JoinHandle<Result<(), PipelineError>>,
+    wal_watch: JoinHandle<Result<(), PipelineError>>,
     budget_recheck: JoinHandle<()>,
 }
 
@@ -214,24 +231,26 @@ impl Pipeline {
             settings.compactor.max_bytes,
             Arc::clone(&compactor_wake),
         );
-        let committer_cancel = cancel.clone();
-        let committer = tokio::spawn(async move {
-            let result = committer.run(items_rx).await;
-            if let Err(err) = &result {
-                tracing::error!(error = %err, "stopping: the WAL writer failed");
-                committer_cancel.cancel();
-            }
-            result
-        });
-        let compactor = tokio::spawn(compactor::run(
-            wal.clone(),
-            settings.compactor,
-            compactor_wake,
-            Arc::clone(&sealed),
-            Arc::clone(&budget),
-            Arc::clone(&stats.compactor),
-            cancel.clone(),
-        ));
+        let committer = spawn_stage(
+            "committer",
+            committer.run(items_rx),
+            &stats.wal_failure,
+            &cancel,
+        );
+        let compactor = spawn_stage(
+            "compactor",
+            compactor::run(
+                wal.clone(),
+                settings.compactor,
+                compactor_wake,
+                Arc::clone(&sealed),
+                Arc::clone(&budget),
+                Arc::clone(&stats.compactor),
+                cancel.clone(),
+            ),
+            &stats.wal_failure,
+            &cancel,
+        );
         let uploader = Uploader::new(
             wal.clone(),
             sink,
@@ -239,7 +258,18 @@ impl Pipeline {
             Arc::clone(&budget),
             Arc::clone(&stats.uploader),
         );
-        let uploader = tokio::spawn(uploader.run(sealed, cancel.clone()));
+        let uploader = spawn_stage(
+            "uploader",
+            uploader.run(sealed, cancel.clone()),
+            &stats.wal_failure,
+            &cancel,
+        );
+        let wal_watch = spawn_stage(
+            "wal watch",
+            failure::watch(wal.clone(), failure::WATCH_EVERY, cancel.clone()),
+            &stats.wal_failure,
+            &cancel,
+        );
         let budget_recheck = tokio::spawn(budget::recheck_while_paused(
             Arc::clone(&budget),
             wal.clone(),
@@ -252,6 +282,7 @@ impl Pipeline {
             committer,
             compactor,
             uploader,
+            wal_watch,
             budget_recheck,
         })
     }
@@ -266,20 +297,55 @@ impl Pipeline {
         self.cancel.cancel();
     }
 
-    /// Waits until every stage stopped. Returns the first fatal error, if any.
+    /// Waits until every stage stopped. Returns the first fatal error, if any. Once the WAL
+    /// failed, the stages get [`failure::STOP_GRACE`] to stop, then are left behind (a commit
+    /// may hang for good on a failed disk) and the WAL's failure is returned.
     pub async fn wait(self) -> Result<(), PipelineError> {
+        let failure = Arc::clone(&self.stats.wal_failure);
+        let stopped = self.wait_all();
+        tokio::pin!(stopped);
+        tokio::select! {
+            result = &mut stopped => result,
+            () = async {
+                failure.recorded().await;
+                tokio::time::sleep(failure::STOP_GRACE).await;
+            } => {
+                tracing::error!(
+                    grace = ?failure::STOP_GRACE,
+                    "the pipeline did not stop in time after the WAL failed; leaving it"
+                );
+                Err(PipelineError::WalStuck(failure.reason().unwrap_or_default()))
+            }
+        }
+    }
+
+    async fn wait_all(self) -> Result<(), PipelineError> {
         let stream = join(self.stream).await;
         let committer = join(self.committer).await;
         let compactor = join(self.compactor).await;
         let uploader = join(self.uploader).await;
+        let wal_watch = join(self.wal_watch).await;
         let budget_recheck = join(self.budget_recheck).await;
         committer??;
+        compactor??;
+        uploader??;
+        wal_watch??;
         stream?.map_err(PipelineError::Stream)?;
-        compactor?;
-        uploader?;
         budget_recheck?;
         Ok(())
     }
+}
+
+/// Spawns one stage; an error it ends with stops the whole pipeline (see [`failure`]).
+fn spawn_stage(
+    stage: &'static str,
+    run: impl Future<Output = Result<(), PipelineError>> + Send + 'static,
+    failure: &Arc<WalFailure>,
+    cancel: &CancellationToken,
+) -> JoinHandle<Result<(), PipelineError>> {
+    let failure = Arc::clone(failure);
+    let cancel = cancel.clone();
+    tokio::spawn(async move { failure::stop_on_error(stage, run.await, &failure, &cancel) })
 }
 
 async fn join<T>(handle: JoinHandle<T>) -> Result<T, PipelineError> {
@@ -291,3 +357,42 @@ async fn join<T>(handle: JoinHandle<T>) -> Result<T, PipelineError> {
 /// How long an upload in flight may still run after a shutdown request: less than the 10 s
 /// `docker stop` waits before SIGKILL, so the daemon exits on its own with code 0.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Compression;
+
+    #[test]
+    fn the_disk_budget_sets_the_dead_letter_files_aside() {
+        let max_bytes = 1 << 30;
+        let dead_letter_max_bytes = dead_letter::file_bytes_for_budget(max_bytes);
+        let settings = PipelineSettings {
+            compactor: CompactorSettings {
+                every: Duration::from_secs(1),
+                max_bytes: 1 << 20,
+            },
+            uploader: UploaderSettings {
+                folder: String::new(),
+                compression: Compression::None,
+                backoff_max: Duration::from_secs(1),
+                attempt_timeout: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(1),
+            },
+            queue_size: 1,
+            max_bytes,
+            dead_letter_max_bytes,
+        };
+        let budget = PipelineStats::new(&settings).budget;
+        assert_eq!(
+            budget.limit(),
+            max_bytes - wal::DATABASE_GROWTH_BYTES - 2 * dead_letter_max_bytes,
+            "WAL and dead letters together stay within WAL_MAX_BYTES"
+        );
+        assert_eq!(dead_letter_max_bytes, max_bytes / 16);
+        assert_eq!(
+            dead_letter::file_bytes_for_budget(1 << 40),
+            dead_letter::MAX_FILE_BYTES
+        );
+    }
+}

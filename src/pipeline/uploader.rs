@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wal::{SegmentMeta, Wal, WalError};
 
+use super::PipelineError;
 use super::budget::{Budget, WalFigures};
 use super::compactor::sleep_or_cancel;
 use crate::backoff::Backoff;
@@ -175,12 +176,18 @@ impl Uploader {
 
     /// Uploads until `cancel` fires. `sealed` is notified when a new segment is ready. An upload
     /// in flight when `cancel` fires gets `shutdown_grace` to finish, then is abandoned (it is
-    /// sent again after the restart).
-    pub async fn run(self, sealed: Arc<Notify>, cancel: CancellationToken) {
+    /// sent again after the restart). Returns an error, which stops the pipeline, only when the
+    /// WAL refuses writes or reads ([`WalError::refuses_writes`]): a segment it cannot read
+    /// because the disk failed, an upload it cannot record.
+    pub async fn run(
+        self,
+        sealed: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), PipelineError> {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.settings.backoff_max);
         let mut last_kind: Option<&'static str> = None;
         if !self.prepare(&mut backoff, &cancel).await {
-            return;
+            return Ok(());
         }
         if !self.check_adopted_destination(&cancel).await {
             return;
@@ -189,7 +196,7 @@ impl Uploader {
             let Some(segment) = self.wal.segments().into_iter().next() else {
                 tokio::select! {
                     _ = sealed.notified() => continue,
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return Ok(()),
                 }
             };
             let key = object_key(
@@ -208,11 +215,12 @@ impl Uploader {
                     backoff.reset();
                     self.stats.set_failing(None);
                     self.stats.set_damaged(None);
-                    if !self.mark_done(&segment, &key, started.elapsed()).await {
-                        return;
-                    }
+                    self.mark_done(&segment, &key, started.elapsed()).await?;
                 }
-                Err(None) => return, // cancelled while the upload was abandoned
+                Err(None) => return Ok(()), // cancelled while the upload was abandoned
+                Err(Some(AttemptError::Segment(err))) if err.refuses_writes() => {
+                    return Err(PipelineError::Wal(err));
+                }
                 Err(Some(err)) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     let kind = err.kind();
@@ -230,14 +238,15 @@ impl Uploader {
                     if matches!(&err, AttemptError::Sink(e) if e.kind == SinkErrorKind::NoSuchBucket)
                         && !self.prepare(&mut backoff, &cancel).await
                     {
-                        return;
+                        return Ok(());
                     }
                     if sleep_or_cancel(delay, &cancel).await {
-                        return;
+                        return Ok(());
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// When adoption could not list the destination (`crate::adopt`), checks it before the first
@@ -434,8 +443,13 @@ impl Uploader {
         }
     }
 
-    /// Marks `segment` uploaded. Returns false when the WAL failed (fatal: logged).
-    async fn mark_done(&self, segment: &SegmentMeta, key: &str, took: Duration) -> bool {
+    /// Marks `segment` uploaded. Fails when the WAL cannot record it (fatal for the pipeline).
+    async fn mark_done(
+        &self,
+        segment: &SegmentMeta,
+        key: &str,
+        took: Duration,
+    ) -> Result<(), PipelineError> {
         let wal = self.wal.clone();
         let number = segment.number;
         let mark = self.budget.measure_mark();
@@ -450,11 +464,11 @@ impl Uploader {
             Ok(Ok(())) => self.budget.measured(mark),
             Ok(Err(err)) => {
                 tracing::error!(file_number = number, error = %err, "cannot record an upload in the WAL");
-                return false;
+                return Err(PipelineError::Wal(err));
             }
             Err(join) => {
                 tracing::error!(file_number = number, error = %join, "recording an upload failed");
-                return false;
+                return Err(PipelineError::Task(join.to_string()));
             }
         }
         let millis = took.as_millis() as u64;
@@ -477,7 +491,7 @@ impl Uploader {
             took_ms = millis,
             "uploaded"
         );
-        true
+        Ok(())
     }
 
     fn log_failure(&self, segment: &SegmentMeta, key: &str, err: &AttemptError, delay: Duration) {

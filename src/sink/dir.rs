@@ -5,9 +5,16 @@
 //! temporary name in the same directory (`.{name}.partial`), are fsynced, renamed into place,
 //! and the directory is fsynced. A crash leaves at most a temporary file, which [`DirSink::list`]
 //! ignores and the next `put` of the same key overwrites.
+//!
+//! Files are created `0600` and directories `0700` (the process umask can only narrow them):
+//! what the exporter writes is readable by its own user only, as the WAL is. Symbolic links
+//! below the root (in the folder part of a key, or at a file's temporary name) are never
+//! followed: a put that meets one fails, naming it, and nothing is written through it. The
+//! root itself (`EXPORT_DIR`) may be a link the operator made.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
@@ -17,6 +24,10 @@ use super::{BodySource, ObjectInfo, Sink, SinkError, SinkErrorKind};
 
 const PARTIAL_SUFFIX: &str = ".partial";
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Mode of the files written.
+const FILE_MODE: u32 = 0o600;
+/// Mode of the directories created.
+const DIR_MODE: u32 = 0o700;
 
 /// Writes objects as files under a root directory; a key `a/b/c.json` is the file
 /// `{root}/a/b/c.json`.
@@ -127,6 +138,7 @@ impl DirSink {
                 format!("{what}: invalid key"),
             ));
         };
+        refuse_links_below(&self.root, dir).map_err(|err| self.io_error("checking", dir, &err))?;
         create_dirs_durably(dir).map_err(|err| self.io_error("creating", dir, &err))?;
         let mut partial_name = std::ffi::OsString::from(".");
         partial_name.push(name);
@@ -195,13 +207,20 @@ enum WriteError {
     File(io::Error),
 }
 
-/// Copies the checked body into `partial` (created or truncated) and fsyncs it.
+/// Copies the checked body into `partial` (a new file, `0600`; whatever was at that name, a
+/// leftover or a link, is removed first, never followed) and fsyncs it.
 fn write_partial(partial: &Path, body: &BodySource) -> Result<(), WriteError> {
     let mut reader = body.open_checked().map_err(WriteError::Body)?;
+    match fs::remove_file(partial) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(WriteError::File(err)),
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(partial)
         .map_err(WriteError::File)?;
     let mut buf = vec![0u8; WRITE_CHUNK_BYTES];
@@ -225,7 +244,7 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs_durably(parent)?;
     }
-    match fs::create_dir(dir) {
+    match DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(err) => return Err(err),
@@ -234,6 +253,30 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
         Some(parent) => sync_dir(parent),
         None => Ok(()),
     }
+}
+
+/// Fails if `dir` or one of its parents below `root` is a symbolic link (those that do not exist
+/// yet are created by this sink, as directories).
+fn refuse_links_below(root: &Path, dir: &Path) -> io::Result<()> {
+    let Ok(relative) = dir.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link: the export directory does not follow links",
+                    path.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -255,5 +298,49 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.kind, SinkErrorKind::Client, "{key}");
         }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn files_are_private_to_the_exporter() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("export");
+        let sink = DirSink::new(&root);
+        sink.prepare().await.unwrap();
+        let body = BodySource::from_bytes(&b"{}"[..]);
+        sink.put("folder/sub/stream_1_1.json", &body).await.unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("folder")), 0o700);
+        assert_eq!(mode(&root.join("folder/sub")), 0o700);
+        assert_eq!(mode(&root.join("folder/sub/stream_1_1.json")), 0o600);
+    }
+
+    #[tokio::test]
+    async fn links_below_the_root_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let root = dir.path().join("export");
+        let sink = DirSink::new(&root);
+        sink.prepare().await.unwrap();
+        let body = BodySource::from_bytes(&b"{}"[..]);
+
+        // A folder that is a link to another directory.
+        std::os::unix::fs::symlink(elsewhere.path(), root.join("folder")).unwrap();
+        let err = sink.put("folder/stream_1_1.json", &body).await.unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+        // A link planted at a file's temporary name.
+        let victim = elsewhere.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        fs::create_dir(root.join("other")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("other/.stream_1_2.json.partial")).unwrap();
+        sink.put("other/stream_1_2.json", &body).await.unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(fs::read(root.join("other/stream_1_2.json")).unwrap(), b"{}");
     }
 }

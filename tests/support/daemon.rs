@@ -214,8 +214,33 @@ impl Harness {
 
     /// Starts the daemon (`run`).
     pub fn spawn(&self) -> Daemon {
-        let mut child = self
-            .command(&["run"])
+        self.spawn_command(self.command(&["run"]))
+    }
+
+    /// Starts the daemon (`run`) with at most `limit` open file descriptors (`RLIMIT_NOFILE`,
+    /// soft and hard), set in the child before it runs.
+    pub fn spawn_with_open_files_limit(&self, limit: u64) -> Daemon {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = self.command(&["run"]);
+        let limit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        self.spawn_command(command)
+    }
+
+    fn spawn_command(&self, mut command: Command) -> Daemon {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -185,7 +185,46 @@ pub enum WalError {
     Closed,
 }
 
+/// OS error numbers that mean the storage itself failed (as opposed to being full or a process
+/// limit being reached): retrying on the same open WAL cannot succeed.
+const DISK_FAILURE_ERRNOS: [i32; 5] = [
+    nix::libc::EIO,
+    nix::libc::EROFS,
+    nix::libc::EUCLEAN,
+    nix::libc::ENXIO,
+    nix::libc::ENODEV,
+];
+
 impl WalError {
+    /// Whether this WAL cannot take writes any more, so retrying the operation is useless and the
+    /// process should restart (reopening the WAL recovers to the last durable commit): a commit
+    /// failed (the WAL is poisoned), the writer thread is gone, or the disk answered an I/O error
+    /// that means it failed (EIO, EROFS, EUCLEAN, ENXIO, ENODEV). A full disk (ENOSPC, EDQUOT),
+    /// a process limit (EMFILE, ENOMEM) or a damaged segment file are not: they can go away, and
+    /// the daemon rides them out.
+    pub fn refuses_writes(&self) -> bool {
+        match self {
+            WalError::CommitFailed { .. } | WalError::Poisoned { .. } | WalError::Closed => true,
+            WalError::Io { source, .. } => is_disk_failure(source),
+            WalError::Store { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(error) = cause {
+                    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                        // The store may have copied the error without its number: then
+                        // anything but a full disk or a process limit counts as failed.
+                        return match io.raw_os_error() {
+                            Some(_) => is_disk_failure(io),
+                            None => !is_transient_kind(io.kind()),
+                        };
+                    }
+                    cause = error.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// Builds an [`WalError::Io`] with the action and path it concerns.
     pub(crate) fn io(
         action: &'static str,
@@ -202,5 +241,62 @@ impl WalError {
     /// Builds a [`WalError::Corrupt`].
     pub(crate) fn corrupt(what: impl Into<String>) -> Self {
         WalError::Corrupt { what: what.into() }
+    }
+}
+
+fn is_transient_kind(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        StorageFull | OutOfMemory | Interrupted | WouldBlock | TimedOut
+    )
+}
+
+fn is_disk_failure(error: &std::io::Error) -> bool {
+    error
+        .raw_os_error()
+        .is_some_and(|code| DISK_FAILURE_ERRNOS.contains(&code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(code: i32) -> WalError {
+        WalError::io("writing", "/wal", std::io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn a_failed_disk_refuses_writes_and_a_full_one_does_not() {
+        assert!(io(nix::libc::EIO).refuses_writes());
+        assert!(io(nix::libc::EROFS).refuses_writes());
+        assert!(!io(nix::libc::ENOSPC).refuses_writes());
+        assert!(!io(nix::libc::EMFILE).refuses_writes());
+        let cause = Arc::new(io(nix::libc::ENOSPC));
+        assert!(WalError::Poisoned { cause }.refuses_writes());
+        assert!(WalError::Closed.refuses_writes());
+        let store = WalError::Store {
+            action: "reading a frame",
+            path: "/wal/db".into(),
+            source: Box::new(std::io::Error::from_raw_os_error(nix::libc::EIO)),
+        };
+        assert!(store.refuses_writes());
+        let store_full = WalError::Store {
+            action: "flushing",
+            path: "/wal/db".into(),
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "copied",
+            )),
+        };
+        assert!(!store_full.refuses_writes());
+        assert!(
+            !WalError::SegmentDamaged {
+                number: 1,
+                path: "/wal/segments/1".into(),
+                problem: SegmentProblem::Missing,
+            }
+            .refuses_writes()
+        );
     }
 }

@@ -62,10 +62,16 @@ impl WriteBatch {
 }
 
 fn store_error(action: &'static str, path: &Path, source: sled::Error) -> WalError {
+    // An I/O error is kept as itself, so callers can tell a failed disk from a full one
+    // (`WalError::refuses_writes`).
+    let source: Box<dyn std::error::Error + Send + Sync + 'static> = match source {
+        sled::Error::Io(io) => Box::new(io),
+        other => Box::new(other),
+    };
     WalError::Store {
         action,
         path: path.to_path_buf(),
-        source: Box::new(source),
+        source,
     }
 }
 

@@ -162,6 +162,12 @@ impl Wal {
         writer::lock(&self.inner.shared).state.public()
     }
 
+    /// The failure that made the WAL refuse writes (a commit that failed), if any. Once set it
+    /// stays until the WAL is reopened: the owner should stop and restart.
+    pub fn failure(&self) -> Option<Arc<WalError>> {
+        writer::lock(&self.inner.shared).poisoned.clone()
+    }
+
     /// Whether nothing was ever committed: [`Wal::initialize`] is allowed only then.
     pub fn is_new(&self) -> bool {
         let shared = writer::lock(&self.inner.shared);
