@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Multi-stage build: compile on the official Rust image, run on slim Debian as a non-root user.
 
 FROM rust:1.95-slim-bookworm AS build
@@ -13,12 +12,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && strip /out/opencti-stream-exporter
 
 FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 exporter \
+RUN groupadd --system --gid 10001 exporter \
  && useradd --system --uid 10001 --gid exporter --home-dir /data --shell /usr/sbin/nologin exporter \
  && mkdir -p /data && chown exporter:exporter /data && chmod 0700 /data
+# The CA certificates (for HTTPS to OpenCTI and S3) come from the build image, which has Debian's
+# ca-certificates: the run stage needs no package source, and the image adds only the binary and
+# this bundle to its base.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/opencti-stream-exporter /usr/local/bin/opencti-stream-exporter
 ENV WAL_DIR=/data \
     CONNECTOR_TYPE=STREAM \

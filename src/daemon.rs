@@ -36,10 +36,17 @@ use crate::transform::TransformOptions;
 pub const USER_AGENT: &str = concat!("opencti-stream-exporter/", env!("CARGO_PKG_VERSION"));
 
 /// Opens the WAL and logs what its recovery found. Damaged segments are logged as errors and do
-/// not stop the daemon: ingestion goes on, uploads stop at the damaged one (see status).
+/// not stop the daemon: ingestion goes on, uploads stop at the damaged one (see status). A
+/// directory this process may not write gives a [`crate::wal_access::NotWritable`].
 pub fn open_wal(dir: &std::path::Path, max_bytes: u64) -> anyhow::Result<Wal> {
-    let (wal, report) = Wal::open(WalOptions::new(dir, max_bytes))
-        .with_context(|| format!("opening the write-ahead log in {}", dir.display()))?;
+    let (wal, report) =
+        Wal::open(WalOptions::new(dir, max_bytes)).map_err(
+            |err| match crate::wal_access::explain(dir, &err) {
+                Some(not_writable) => anyhow::Error::new(not_writable),
+                None => anyhow::Error::new(err)
+                    .context(format!("opening the write-ahead log in {}", dir.display())),
+            },
+        )?;
     log_recovery(&wal, &report);
     Ok(wal)
 }

@@ -27,3 +27,4 @@ pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod transform;
+pub mod wal_access;

@@ -5,18 +5,29 @@
 //! kept at `info` whatever the level (their debug and trace output shows request headers), unless
 //! a directive names one of them explicitly.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Safe to call once; later calls do nothing.
+/// Installs the global subscriber. Safe to call once; later calls do nothing. Text lines carry
+/// colour escapes only when stderr is a terminal and `NO_COLOR` is unset or empty, so that
+/// `docker logs`, journald and log shippers get plain text.
 pub fn init(level: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_new(with_quiet_libraries(level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = format == LogFormat::Text
+        && colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -26,6 +37,12 @@ pub fn init(level: &str, format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// Whether log lines may carry colour escapes: only on a terminal, and never with a non-empty
+/// `NO_COLOR` (<https://no-color.org>).
+fn colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Libraries whose debug output would drown ours and may show request headers.
@@ -63,6 +80,14 @@ fn with_quiet_libraries(level: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None));
+    }
 
     #[test]
     fn libraries_stay_at_info_unless_named() {

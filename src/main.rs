@@ -1,6 +1,8 @@
 //! The `opencti-stream-exporter` binary: parses the command line, loads the configuration and
 //! dispatches. Exit codes: 0 on success (including a clean stop on SIGTERM/SIGINT), 1 on a
-//! runtime failure, 2 on a configuration or usage error (one line naming the variable).
+//! runtime failure, 2 on a configuration or usage error (one line naming the variable) or a WAL
+//! directory this process may not write (one line naming the directory, its owner and the fix).
+//! An error is printed once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use opencti_stream_exporter::cli::{Cli, Command};
 use opencti_stream_exporter::config::{Config, ConfigError, LogFormat, Source};
+use opencti_stream_exporter::wal_access::NotWritable;
 use opencti_stream_exporter::{commands, daemon, logging};
 
 fn main() -> ExitCode {
@@ -128,8 +131,18 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// Prints `err` once: as a log line when logging is set up (so a log shipper sees it in the
+/// configured format), on stderr otherwise. A WAL directory this process may not write is a
+/// deployment error (exit code 2), anything else a runtime failure (1).
 fn failure(err: &anyhow::Error) -> ExitCode {
-    tracing::error!("{err:#}");
-    eprintln!("error: {err:#}");
-    ExitCode::from(1)
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("{err:#}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+    if err.downcast_ref::<NotWritable>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -20,13 +20,13 @@ pub struct Raw {
 #[derive(Debug, Default)]
 pub struct Source {
     env: HashMap<String, String>,
-    yaml: Option<serde_yaml::Value>,
+    yaml: Option<serde_norway::Value>,
     yaml_path: Option<PathBuf>,
 }
 
 impl Source {
     /// A source over the given environment and YAML document (tests build it directly).
-    pub fn new(env: HashMap<String, String>, yaml: Option<(PathBuf, serde_yaml::Value)>) -> Self {
+    pub fn new(env: HashMap<String, String>, yaml: Option<(PathBuf, serde_norway::Value)>) -> Self {
         let (yaml_path, yaml) = match yaml {
             Some((path, value)) => (Some(path), Some(value)),
             None => (None, None),
@@ -85,11 +85,11 @@ impl Source {
     }
 }
 
-fn parse_yaml(path: &Path, text: &str) -> Result<serde_yaml::Value, ConfigError> {
+fn parse_yaml(path: &Path, text: &str) -> Result<serde_norway::Value, ConfigError> {
     if text.trim().is_empty() {
-        return Ok(serde_yaml::Value::Null);
+        return Ok(serde_norway::Value::Null);
     }
-    serde_yaml::from_str(text).map_err(|err| {
+    serde_norway::from_str(text).map_err(|err| {
         ConfigError::new(
             "config file",
             format!("{} is not valid YAML: {err}", path.display()),
@@ -98,11 +98,11 @@ fn parse_yaml(path: &Path, text: &str) -> Result<serde_yaml::Value, ConfigError>
 }
 
 /// YAML scalars as text; `null` and `~` mean "not set"; maps and lists are not values.
-fn yaml_scalar(node: &serde_yaml::Value) -> Option<String> {
+fn yaml_scalar(node: &serde_norway::Value) -> Option<String> {
     match node {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
@@ -117,7 +117,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let yaml = serde_yaml::from_str(yaml).ok();
+        let yaml = serde_norway::from_str(yaml).ok();
         Source::new(env, yaml.map(|y| (PathBuf::from("config.yml"), y)))
     }
 

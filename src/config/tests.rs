@@ -27,7 +27,7 @@ fn load(env: &[(&str, &str)], yaml: Option<&str>) -> Result<Config, ConfigError>
     let yaml = yaml.map(|text| {
         (
             PathBuf::from("config.yml"),
-            serde_yaml::from_str(text).unwrap_or(serde_yaml::Value::Null),
+            serde_norway::from_str(text).unwrap_or(serde_norway::Value::Null),
         )
     });
     Config::from_source(&Source::new(env, yaml))
@@ -312,7 +312,7 @@ fn the_sample_config_documents_every_setting() {
             setting.env
         );
     }
-    let parsed: serde_yaml::Value = serde_yaml::from_str(sample).expect("the sample is YAML");
+    let parsed: serde_norway::Value = serde_norway::from_str(sample).expect("the sample is YAML");
     let placeholders: HashMap<String, String> = [
         ("CONNECTOR_ID", "2f3a5c1e-0000-4000-8000-000000000001"),
         ("CONNECTOR_LIVE_STREAM_ID", "live-1"),
