@@ -190,7 +190,7 @@ impl Uploader {
             return Ok(());
         }
         if !self.check_adopted_destination(&cancel).await {
-            return;
+            return Ok(());
         }
         while !cancel.is_cancelled() {
             let Some(segment) = self.wal.segments().into_iter().next() else {
