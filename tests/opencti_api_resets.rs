@@ -134,6 +134,7 @@ impl Run {
             budget: Arc::new(Budget::new(1 << 30, 0)),
             stats: Arc::clone(&stats),
             resets: resets_tx,
+            uploaded: Arc::new(tokio::sync::Notify::new()),
         };
         tokio::spawn(opencti_api::run(client, settings, context, cancel.clone()));
         Self {
