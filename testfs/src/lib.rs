@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-pub use model::{CutReport, Model, SyncCounts};
 use model::{Body, Data, ROOT, State};
+pub use model::{CutReport, Model, SyncCounts};
 
 /// Why tests that mount this file system are ignored by default, and what they need.
 pub const NEEDS_FUSE: &str = "needs FUSE (/dev/fuse and fusermount3)";

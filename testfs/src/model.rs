@@ -118,9 +118,11 @@ impl Data {
     fn same_as(&self, other: &Data) -> bool {
         self.size == other.size
             && self.chunks.len() == other.chunks.len()
-            && self.chunks.iter().zip(&other.chunks).all(|((i, a), (j, b))| {
-                i == j && (Arc::ptr_eq(a, b) || a == b)
-            })
+            && self
+                .chunks
+                .iter()
+                .zip(&other.chunks)
+                .all(|((i, a), (j, b))| i == j && (Arc::ptr_eq(a, b) || a == b))
     }
 }
 
@@ -642,7 +644,10 @@ impl State {
                         .collect();
                     undone.sort();
                     undone.dedup();
-                    let base = paths_before.get(&ino).cloned().unwrap_or_else(|| format!("<inode {ino}>"));
+                    let base = paths_before
+                        .get(&ino)
+                        .cloned()
+                        .unwrap_or_else(|| format!("<inode {ino}>"));
                     for name in undone {
                         report
                             .entries_undone
@@ -687,7 +692,11 @@ impl State {
             }
         }
         for (ino, node) in &mut self.nodes {
-            let count = if *ino == ROOT { 1 } else { links.get(ino).copied().unwrap_or(0) };
+            let count = if *ino == ROOT {
+                1
+            } else {
+                links.get(ino).copied().unwrap_or(0)
+            };
             node.links = count;
             node.durable_links = count;
         }
@@ -817,7 +826,9 @@ mod tests {
             state.sync(ROOT).unwrap();
             let new = file(&mut state, ROOT, "f.tmp", b"new");
             state.sync(new).unwrap();
-            state.rename(ROOT, name("f.tmp"), ROOT, name("f"), false).unwrap();
+            state
+                .rename(ROOT, name("f.tmp"), ROOT, name("f"), false)
+                .unwrap();
             state.power_cut();
             // The sync came before the rename: nothing made the rename durable.
             assert_eq!(contents(&state, ROOT, "f").unwrap(), b"old", "{model:?}");
@@ -831,7 +842,9 @@ mod tests {
 
             let new = file(&mut state, ROOT, "f.tmp", b"newer");
             state.sync(new).unwrap();
-            state.rename(ROOT, name("f.tmp"), ROOT, name("f"), false).unwrap();
+            state
+                .rename(ROOT, name("f.tmp"), ROOT, name("f"), false)
+                .unwrap();
             state.sync(ROOT).unwrap();
             state.power_cut();
             assert_eq!(contents(&state, ROOT, "f").unwrap(), b"newer", "{model:?}");
@@ -850,7 +863,10 @@ mod tests {
         assert_eq!(contents(&state, ROOT, "a").unwrap(), b"data");
         state.remove(ROOT, name("a"), false).unwrap();
         state.sync(ROOT).unwrap();
-        assert!(!state.nodes.contains_key(&ino), "forgotten once nothing names it");
+        assert!(
+            !state.nodes.contains_key(&ino),
+            "forgotten once nothing names it"
+        );
     }
 
     #[test]
@@ -861,7 +877,10 @@ mod tests {
         state.sync(ino).unwrap();
         state.sync(dir).unwrap();
         state.power_cut();
-        assert!(state.lookup(ROOT, name("d")).is_err(), "d was not synced in /");
+        assert!(
+            state.lookup(ROOT, name("d")).is_err(),
+            "d was not synced in /"
+        );
 
         let dir = state.create(ROOT, name("d"), true, 0o755, 0, 0).unwrap();
         let ino = file(&mut state, dir, "a", b"data");
@@ -869,7 +888,10 @@ mod tests {
         state.sync(ROOT).unwrap();
         state.power_cut();
         let dir = state.lookup(ROOT, name("d")).unwrap();
-        assert!(state.lookup(dir, name("a")).is_err(), "a was not synced in d");
+        assert!(
+            state.lookup(dir, name("a")).is_err(),
+            "a was not synced in d"
+        );
     }
 
     #[test]

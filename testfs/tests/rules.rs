@@ -80,7 +80,10 @@ fn a_new_directory_needs_its_parent_synced() {
     sync_dir(&fs.path().join("a/b"));
     sync_dir(&fs.path().join("a"));
     fs.power_cut().unwrap();
-    assert!(!fs.path().join("a").exists(), "a was never synced in the root");
+    assert!(
+        !fs.path().join("a").exists(),
+        "a was never synced in the root"
+    );
 }
 
 #[test]
