@@ -120,6 +120,7 @@ mod wal;
 mod writer;
 
 pub use appender::{Appender, Committed, Group, PendingAppend};
+pub use dir::{create_dir_durably, sync_parent};
 pub use error::{SegmentProblem, WalError};
 pub use options::{DEFAULT_CACHE_BYTES, DEFAULT_MAX_COMMIT_BYTES, DEFAULT_ZSTD_LEVEL, WalOptions};
 pub use recovery::{DamagedSegment, RecoveryReport};
