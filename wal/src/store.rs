@@ -91,14 +91,38 @@ impl Store {
             data_file,
             synced_blobs: Mutex::new(BTreeSet::new()),
         };
-        if created {
-            // sled writes its config file without syncing it: make the new database durable
-            // before anything depends on it.
-            store.sync()?;
-            crate::dir::sync_file(&store.path.join("conf"))?;
-            crate::dir::sync_dir(&store.path)?;
-        }
+        store.make_files_durable(dir)?;
         Ok((store, created))
+    }
+
+    /// Makes durable what sled's open wrote without the syncs a power loss needs.
+    ///
+    /// sled 0.34 never fsyncs a directory. When it creates a database it creates `db/`,
+    /// `db/blobs/`, its config file `db/conf` (not synced either) and its data file `db/db`.
+    /// At every open, once it has recovered, it may write a snapshot as
+    /// `db/snap.<lsn>.generating`, fsync that file, rename it to `db/snap.<lsn>` and delete
+    /// the older snapshots; it writes snapshots at no other time (0.34 takes none while
+    /// running). Without directory syncs a power cut can undo any of these. With the strict
+    /// model of the power-cut test (`tests/powercut.rs`), a new WAL lost `db/` itself and came
+    /// back empty (`created=true`, its sealed segments then deleted as orphans); and a cut that
+    /// undid a snapshot rename (bringing back the older snapshot, whose deletion was undone
+    /// too) made sled recover a database that no longer held together ("frames end at frame
+    /// 365 …, the state says 364"). So, after every open and before anything is acknowledged:
+    /// flush and
+    /// fsync the data file (recovery may have rewritten its tail), fsync `db/conf`, `db/blobs/`
+    /// and `db/` (the renamed snapshot, the deleted ones, the new files), then the WAL
+    /// directory, which gained `db` (and `segments/`) when the WAL was created. Blob files
+    /// written later are synced with each commit by [`Store::sync`].
+    fn make_files_durable(&self, wal_dir: &Path) -> Result<(), WalError> {
+        self.sync()?;
+        crate::dir::sync_file(&self.path.join("conf"))?;
+        if self.blobs_dir.is_dir() {
+            crate::dir::sync_dir(&self.blobs_dir)?;
+        }
+        crate::dir::sync_dir(&self.path)?;
+        // Also when sled found `db/` there: the process that created it may have been killed
+        // before this sync.
+        crate::dir::sync_dir(wal_dir)
     }
 
     fn db(&self) -> &sled::Db {
@@ -180,6 +204,7 @@ impl Store {
         };
         let mut present = BTreeSet::new();
         let mut synced_any = false;
+        let mut seen_before = 0;
         for entry in entries {
             let entry = entry.map_err(|e| WalError::io("listing", &self.blobs_dir, e))?;
             let name = entry.file_name();
@@ -194,10 +219,15 @@ impl Store {
                 }
                 synced_any = true;
                 tracing::debug!(blob = ?entry.path(), "fsynced a sled blob file");
+            } else {
+                seen_before += 1;
             }
             present.insert(name);
         }
-        if synced_any {
+        // New blob names must be durable before the log that points to them; removed ones
+        // too, or a power cut brings back files sled no longer knows (leaked disk).
+        let removed_any = seen_before < synced.len();
+        if synced_any || removed_any {
             crate::dir::sync_dir(&self.blobs_dir)?;
         }
         *synced = present;
