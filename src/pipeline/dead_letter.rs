@@ -67,6 +67,8 @@ impl DeadLetterFile {
             options.mode(0o600);
         }
         let file = options.open(&path)?;
+        // The file's name must survive a power loss like the entries synced into it.
+        wal::sync_parent(&path)?;
         let written = file.metadata()?.len();
         Ok(Self {
             path,
