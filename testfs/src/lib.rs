@@ -21,6 +21,11 @@
 //! [`TestFs::unmount`] writes what it holds back there, as a clean shutdown would, so a test
 //! can look at the files after the run.
 //!
+//! What it does not model: metadata other than sizes (mode, owner, times are kept as they are);
+//! a partial cut inside one directory (its unsynced changes go or stay together); torn writes
+//! (a write not synced is dropped whole, never half); `sync_file_range`, `syncfs` and `sync`
+//! (they make nothing durable here); hard and symbolic links, special files (refused).
+//!
 //! Mounting needs `/dev/fuse` and, for a user other than root, `fusermount3` (Debian's `fuse3`).
 //! fuser's own mount code is used: no libfuse is needed to build or to run.
 
