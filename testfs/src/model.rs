@@ -105,7 +105,7 @@ impl Data {
         if size < self.size {
             let first_gone = size.div_ceil(CHUNK);
             self.chunks.retain(|index, _| *index < first_gone);
-            if size % CHUNK != 0
+            if !size.is_multiple_of(CHUNK)
                 && let Some(chunk) = self.chunks.get_mut(&(size / CHUNK))
             {
                 Arc::make_mut(chunk)[(size % CHUNK) as usize..].fill(0);
