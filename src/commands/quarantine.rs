@@ -209,24 +209,28 @@ fn keep_aside(wal: &Wal, segment: &SegmentMeta, record: &QuarantineRecord) -> an
     std::fs::rename(&temporary, &path)
         .with_context(|| format!("renaming {} into place", temporary.display()))?;
     let source = wal.segment_path(segment.number);
-    if source.exists() {
+    let moved = source.exists();
+    if moved {
         let name = source.file_name().unwrap_or_default();
         let target = dir.join(name);
         std::fs::rename(&source, &target)
             .with_context(|| format!("moving {} to {}", source.display(), target.display()))?;
-        if let Some(segments) = source.parent() {
-            sync_dir(segments)?;
-        }
     }
-    sync_dir(&dir)
+    // The new names first: syncing segments/ first let a power loss in between lose the file
+    // from both places.
+    sync_dir(&dir)?;
+    match source.parent() {
+        Some(segments) if moved => sync_dir(segments),
+        _ => Ok(()),
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    // Its entry in the WAL directory must survive a power loss too, or the record and the file
+    // moved into it go with it (synced even when it exists: its creator may have been killed
+    // before syncing).
+    wal::create_dir_durably(dir, 0o700)
+        .and_then(|_| wal::sync_parent(dir))
         .with_context(|| format!("creating {}", dir.display()))
 }
 

@@ -100,7 +100,7 @@ impl DeadLetterFile {
     /// is rotated before it would pass `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         let path = dir.join(FILE_NAME);
-        let file = open_append(&path, dir)?;
+        let file = open_append(&path)?;
         let written = file.metadata()?.len();
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -159,7 +159,7 @@ impl DeadLetterFile {
     fn rotate(&mut self) -> io::Result<()> {
         let rotated = self.dir.join(ROTATED_FILE_NAME);
         std::fs::rename(&self.path, &rotated)?;
-        self.file = open_append(&self.path, &self.dir)?;
+        self.file = open_append(&self.path)?;
         self.written = 0;
         tracing::warn!(
             file = %self.path.display(),
@@ -173,7 +173,7 @@ impl DeadLetterFile {
 
 /// Opens `path` for appending (mode 0600), creating it; fsyncs `dir` after a rename or a
 /// creation so the file's name is durable too.
-fn open_append(path: &Path, dir: &Path) -> io::Result<File> {
+fn open_append(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     {
@@ -181,7 +181,8 @@ fn open_append(path: &Path, dir: &Path) -> io::Result<File> {
         options.mode(0o600);
     }
     let file = options.open(path)?;
-    File::open(dir)?.sync_all()?;
+    // The file's name must survive a power loss like the entries synced into it.
+    wal::sync_parent(path)?;
     Ok(file)
 }
 

@@ -36,13 +36,13 @@ impl WalDir {
     /// Creates the directory if needed, takes its lock, checks or writes the format marker and
     /// creates `segments/`.
     pub fn open(path: &Path) -> Result<WalDir, WalError> {
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(|e| WalError::io("creating", path, e))?;
+        // The new directory's entry in its parent must survive a power loss too: without it the
+        // whole WAL is gone after one (found by the power-cut test, strict model).
+        let created =
+            create_dir_durably(path, 0o700).map_err(|e| WalError::io("creating", path, e))?;
+        if !created {
+            // The process that created it may have been killed before it synced the parent.
+            sync_parent(path).map_err(|e| WalError::io("fsyncing the parent of", path, e))?;
         }
         let lock_path = path.join(LOCK_FILE);
         let lock = OpenOptions::new()
@@ -174,6 +174,45 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| WalError::io("fsyncing directory", dir, e))
+}
+
+/// The directory holding `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// fsyncs the directory holding `path`, so that `path`'s entry (just created, renamed or
+/// removed) survives a power loss. POSIX makes a new name durable only through an fsync of its
+/// directory; ext4 usually carries it along with the next fsync of anything, other file systems
+/// do not.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    File::open(parent_of(path))?.sync_all()
+}
+
+/// Creates directory `dir` with `mode` and its missing parents (with `mode` too), and fsyncs the
+/// parent of each directory it creates, deepest first, so they all survive a power loss. Returns
+/// whether `dir` was created. A directory created concurrently by someone else counts as there.
+pub fn create_dir_durably(dir: &Path, mode: u32) -> std::io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(false);
+    }
+    let parent = parent_of(dir);
+    if dir.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent, mode)?;
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    }
+    File::open(parent)?.sync_all()?;
+    Ok(true)
 }
 
 /// fsyncs an existing file.

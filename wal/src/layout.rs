@@ -27,7 +27,11 @@ const SEGMENT_PREFIX: u8 = b'G';
 /// sled 0.34 writes any log item larger than about `segment_size / 4` (128 KiB with the default
 /// 512 KiB segment) to a separate blob file that it never fsyncs, and a leaf node holds up to 17
 /// entries before it splits and is rewritten whole on consolidation. 17 × 4 KiB plus overhead
-/// stays well under 128 KiB, so neither a chunk nor a consolidated leaf ever becomes a blob.
+/// stays well under 128 KiB, so however large an event, neither a chunk nor a leaf of chunks
+/// becomes a blob. A frame header can: it holds one length per record and one cursor per
+/// append, so a commit of very many small records (about 100,000 and more) stores its header
+/// in a blob file. [`crate::store::Store::sync`] fsyncs those with their directory, and the
+/// power-cut test (`tests/powercut.rs`) runs such commits.
 pub(crate) const CHUNK_BYTES: usize = 4 * 1024;
 
 /// Version byte in front of every encoded value.

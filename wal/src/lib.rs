@@ -13,8 +13,12 @@
 //! - sled costs CPU per key (~70,000 keys/s here), so records are not stored one per key: the
 //!   records of one commit form one zstd frame, split into chunks of at most 4 KiB. sled writes an
 //!   item larger than ~1/4 of its 512 KiB log segment to an unsynced blob file, and rewrites a leaf
-//!   of up to 17 entries whole: 4 KiB chunks keep both far below that, and every sync also fsyncs
-//!   any blob file as a safety net.
+//!   of up to 17 entries whole: 4 KiB chunks keep both far below that. Frame headers can reach it
+//!   (one length per record): every sync fsyncs new blob files and their directory before
+//!   sled's data file, so the log never becomes durable before the blobs it names.
+//! - Power loss: every file and directory the WAL creates, renames or removes is followed by an
+//!   fsync of its directory, including sled's own (see `store.rs`); `tests/powercut.rs` checks
+//!   it on a file system that forgets whatever was not synced.
 //! - Memory does not grow with the backlog or the outage: a commit holds at most
 //!   `max_commit_bytes` (1 MiB) of records plus one request (three commits at most are in memory:
 //!   syncing, planned, being planned), a seal streams frame by frame through four 128 KiB blocks,
@@ -120,6 +124,7 @@ mod wal;
 mod writer;
 
 pub use appender::{Appender, Committed, Group, PendingAppend};
+pub use dir::{create_dir_durably, sync_parent};
 pub use error::{SegmentProblem, WalError};
 pub use options::{DEFAULT_CACHE_BYTES, DEFAULT_MAX_COMMIT_BYTES, DEFAULT_ZSTD_LEVEL, WalOptions};
 pub use recovery::{DamagedSegment, RecoveryReport};

@@ -97,14 +97,38 @@ impl Store {
             data_file,
             synced_blobs: Mutex::new(BTreeSet::new()),
         };
-        if created {
-            // sled writes its config file without syncing it: make the new database durable
-            // before anything depends on it.
-            store.sync()?;
-            crate::dir::sync_file(&store.path.join("conf"))?;
-            crate::dir::sync_dir(&store.path)?;
-        }
+        store.make_files_durable(dir)?;
         Ok((store, created))
+    }
+
+    /// Makes durable what sled's open wrote without the syncs a power loss needs.
+    ///
+    /// sled 0.34 never fsyncs a directory. When it creates a database it creates `db/`,
+    /// `db/blobs/`, its config file `db/conf` (not synced either) and its data file `db/db`.
+    /// At every open, once it has recovered, it may write a snapshot as
+    /// `db/snap.<lsn>.generating`, fsync that file, rename it to `db/snap.<lsn>` and delete
+    /// the older snapshots; it writes snapshots at no other time (0.34 takes none while
+    /// running). Without directory syncs a power cut can undo any of these. With the strict
+    /// model of the power-cut test (`tests/powercut.rs`), a new WAL lost `db/` itself and came
+    /// back empty (`created=true`, its sealed segments then deleted as orphans); and a cut that
+    /// undid a snapshot rename (bringing back the older snapshot, whose deletion was undone
+    /// too) made sled recover a database that no longer held together ("frames end at frame
+    /// 365 …, the state says 364"). So, after every open and before anything is acknowledged:
+    /// flush and
+    /// fsync the data file (recovery may have rewritten its tail), fsync `db/conf`, `db/blobs/`
+    /// and `db/` (the renamed snapshot, the deleted ones, the new files), then the WAL
+    /// directory, which gained `db` (and `segments/`) when the WAL was created. Blob files
+    /// written later are synced with each commit by [`Store::sync`].
+    fn make_files_durable(&self, wal_dir: &Path) -> Result<(), WalError> {
+        self.sync()?;
+        crate::dir::sync_file(&self.path.join("conf"))?;
+        if self.blobs_dir.is_dir() {
+            crate::dir::sync_dir(&self.blobs_dir)?;
+        }
+        crate::dir::sync_dir(&self.path)?;
+        // Also when sled found `db/` there: the process that created it may have been killed
+        // before this sync.
+        crate::dir::sync_dir(wal_dir)
     }
 
     fn db(&self) -> &sled::Db {
@@ -154,17 +178,28 @@ impl Store {
             .map_err(|e| store_error("applying a commit batch", &self.path, e))
     }
 
-    /// Makes everything applied so far durable: sled flush, then fsync of its data file and of
-    /// any blob file not synced yet.
+    /// Makes everything applied so far durable: sled flush, then fsync of any blob file not
+    /// synced yet (and of the blob directory), then of sled's data file.
+    ///
+    /// Blobs first: the log names the blobs, so the log must not become durable before them. The
+    /// other order let a power cut between the two syncs keep a commit's log entries and lose
+    /// the blob holding one of its values: sled then recovered the WAL's state of that commit
+    /// without the frame header stored in the blob, and the WAL refused to open ("frames end at
+    /// frame 708 …, the state says 709"; found by the power-cut test, `tests/powercut.rs`).
+    ///
+    /// What this cannot close: sled writes each log buffer with `sync_file_range`, which may put
+    /// the log on the device before the blob it names is synced here. Only a commit not yet
+    /// acknowledged is exposed, and only when it stores a blob (see
+    /// [`crate::layout::CHUNK_BYTES`]).
     pub fn sync(&self) -> Result<(), WalError> {
         self.db()
             .flush()
             .map_err(|e| store_error("flushing the log", &self.path, e))?;
+        self.sync_new_blobs()?;
         // fdatasync: the data and the size needed to read it back, without the timestamps.
         self.data_file
             .sync_data()
-            .map_err(|e| WalError::io("fsyncing", self.path.join("db"), e))?;
-        self.sync_new_blobs()
+            .map_err(|e| WalError::io("fsyncing", self.path.join("db"), e))
     }
 
     /// Bytes sled occupies on disk (its data file plus blobs). Stats files: cache the result.
@@ -186,6 +221,7 @@ impl Store {
         };
         let mut present = BTreeSet::new();
         let mut synced_any = false;
+        let mut seen_before = 0;
         for entry in entries {
             let entry = entry.map_err(|e| WalError::io("listing", &self.blobs_dir, e))?;
             let name = entry.file_name();
@@ -200,10 +236,15 @@ impl Store {
                 }
                 synced_any = true;
                 tracing::debug!(blob = ?entry.path(), "fsynced a sled blob file");
+            } else {
+                seen_before += 1;
             }
             present.insert(name);
         }
-        if synced_any {
+        // New blob names must be durable before the log that points to them; removed ones
+        // too, or a power cut brings back files sled no longer knows (leaked disk).
+        let removed_any = seen_before < synced.len();
+        if synced_any || removed_any {
             crate::dir::sync_dir(&self.blobs_dir)?;
         }
         *synced = present;
