@@ -254,7 +254,7 @@ async fn delivered_files(
         .into_iter()
         .filter_map(|object| delivered_file(&prefix, &object.key).map(|file| (file, object.size)))
         .collect();
-    files.sort_by(|a, b| b.0.number.cmp(&a.0.number));
+    files.sort_by_key(|(file, _)| std::cmp::Reverse(file.number));
     Ok(files)
 }
 

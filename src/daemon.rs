@@ -309,7 +309,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     )));
 
     let failure = Arc::clone(&stats.wal_failure);
-    let result = run_pipeline(&config, &wal, &first, http, sink, stats, resets, &cancel).await;
+    let result = run_pipeline(&config, &wal, http, sink, stats, resets, &cancel).await;
     if failure.reason().is_some() {
         // A failed disk can leave the WAL's writer waiting for good: its handles are never
         // dropped (dropping the last one joins the writer), the process exits without them.
@@ -344,13 +344,13 @@ pub fn first_start(config: &Config) -> FirstStart {
 async fn run_pipeline(
     config: &Config,
     wal: &Wal,
-    first: &FirstStart,
     http: reqwest::Client,
     sink: Arc<dyn Sink>,
     stats: PipelineStats,
     mut resets: mpsc::Receiver<ResetRequest>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let first = &first_start(config);
     loop {
         let pipeline_cancel = cancel.child_token();
         let pipeline = Pipeline::start_with_stats(
