@@ -234,7 +234,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let first = first_start(&config);
     let http = opencti_client(&config)?;
     let sink = sink(&config)?;
-    if config.wal.adopt_delivered && is_unpositioned(&wal) {
+    if config.wal.adopt_delivered && crate::pipeline::is_unpositioned(&wal) {
         let outcome = adopt::adopt(
             &wal,
             &api_client(&config, http.clone())?,
@@ -323,12 +323,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
     result
-}
-
-/// A WAL with no stream position yet and nothing in it: the first start, or a lost volume.
-fn is_unpositioned(wal: &Wal) -> bool {
-    let state = wal.state();
-    state.cursor.is_none() && state.recover_until == RecoverUntil::Unset && wal.is_new()
 }
 
 /// The first-start position of the configuration (also where a state reset goes back to).

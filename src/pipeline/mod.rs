@@ -86,15 +86,21 @@ impl FirstStart {
     }
 }
 
+/// A WAL with no stream position yet and nothing in it: the first start, or a lost volume.
+pub fn is_unpositioned(wal: &Wal) -> bool {
+    let state = wal.state();
+    state.cursor.is_none() && state.recover_until == RecoverUntil::Unset && wal.is_new()
+}
+
 /// Seeds a new WAL with the first-start position, as pycti does on its first run: start from
 /// `0-0` (or `<timestamp>-0`) and recover until now (or the configured date), both kept in the
 /// WAL so every later connection sends the same recovery bound. Does nothing to a WAL that
 /// already has a position. Returns whether it seeded.
 pub fn seed_first_start(wal: &Wal, first: &FirstStart, now_ms: u64) -> Result<bool, WalError> {
-    let state = wal.state();
-    if state.cursor.is_some() || state.recover_until != RecoverUntil::Unset || !wal.is_new() {
+    if !is_unpositioned(wal) {
         return Ok(false);
     }
+    let state = wal.state();
     let (cursor, recover) = first.position(now_ms);
     wal.initialize(InitialState {
         cursor: Some(cursor),
