@@ -103,25 +103,27 @@ if ! try_pull "$builder_base"; then
   sysroot=$(rustc --print sysroot)
   toolchain=$(basename "$sysroot")
   ctx="$work/builder"
-  mkdir -p "$ctx/rustup/toolchains/$toolchain" "$ctx/cargo/bin"
+  # One tree copied in one layer: with the vfs storage driver every layer is a full copy of the
+  # file system below it, so three COPY steps would cost two more copies of the toolchain.
+  tree="$ctx/root"
+  mkdir -p "$tree/usr/local/rustup/toolchains/$toolchain" "$tree/usr/local/cargo/bin" "$tree/etc/ssl/certs"
   # The toolchain without its documentation (share/), as in the official image.
   for part in bin etc lib libexec; do
-    [ -e "$sysroot/$part" ] && cp -a "$sysroot/$part" "$ctx/rustup/toolchains/$toolchain/"
+    [ -e "$sysroot/$part" ] && cp -a "$sysroot/$part" "$tree/usr/local/rustup/toolchains/$toolchain/"
   done
-  printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\n' "$toolchain" > "$ctx/rustup/settings.toml"
-  cp "$(command -v rustup)" "$ctx/cargo/bin/rustup"
-  for tool in cargo rustc rustdoc; do ln -s rustup "$ctx/cargo/bin/$tool"; done
+  printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\n' "$toolchain" \
+    > "$tree/usr/local/rustup/settings.toml"
+  cp "$(command -v rustup)" "$tree/usr/local/cargo/bin/rustup"
+  for tool in cargo rustc rustdoc; do ln -s rustup "$tree/usr/local/cargo/bin/$tool"; done
   # HTTPS from the build (crates.io) may go through an inspecting proxy whose CA only this
   # machine's trust store holds.
-  cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+  cp /etc/ssl/certs/ca-certificates.crt "$tree/etc/ssl/certs/ca-certificates.crt"
   cat > "$ctx/Dockerfile" <<DOCKERFILE
 FROM $runtime_base
 RUN apt-get update \\
  && apt-get install -y --no-install-recommends gcc libc6-dev \\
  && rm -rf /var/lib/apt/lists/*
-COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY rustup /usr/local/rustup
-COPY cargo /usr/local/cargo
+COPY root/ /
 ENV RUSTUP_HOME=/usr/local/rustup \\
     CARGO_HOME=/usr/local/cargo \\
     PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -130,6 +132,8 @@ DOCKERFILE
     > "$work/builder-build.log" 2>&1 || fail "building $builder_base failed: $(tail -n 20 "$work/builder-build.log")"
   docker run --rm --network host "$builder_base" cargo --version || fail "cargo does not run in $builder_base"
   rm -rf "$ctx"
+  # BuildKit keeps the transferred context (the whole toolchain) in its cache: not needed again.
+  docker builder prune -af > /dev/null 2>&1 || true
 fi
 
 if docker buildx version > /dev/null 2>&1; then

@@ -20,6 +20,7 @@ pub mod opencti_api;
 pub mod ops;
 pub mod pipeline;
 pub mod readback;
+pub mod record_file;
 pub mod secret;
 pub mod simulator;
 pub mod sink;

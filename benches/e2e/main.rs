@@ -5,7 +5,12 @@
 //! ```text
 //! cargo bench --bench e2e                                  # 100,000 and 1,000,000 events, 3 runs
 //! cargo bench --bench e2e -- --events 100000 --runs 5      # other sizes or run counts
+//! cargo bench --bench e2e -- --exporter /path/to/binary    # measure another build's exporter
 //! ```
+//!
+//! `--exporter` runs another build's binary as the exporter (the simulator and the S3 server stay
+//! this build's), so an earlier commit can be measured in the same harness for a before/after
+//! comparison.
 //!
 //! For each size the simulator (`opencti-stream-exporter simulate --prerender`) serves its
 //! generated corpus as fast as possible, from `0-0` without recovery (the live log: creates,
@@ -58,6 +63,7 @@ struct Options {
     sizes: Vec<u64>,
     runs: usize,
     dir: PathBuf,
+    exporter: Option<PathBuf>,
 }
 
 impl Options {
@@ -66,6 +72,7 @@ impl Options {
             sizes: vec![100_000, 1_000_000],
             runs: 3,
             dir: default_dir()?,
+            exporter: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -84,6 +91,7 @@ impl Options {
                 }
                 "--runs" => options.runs = value()?.parse().context("--runs takes a number")?,
                 "--dir" => options.dir = PathBuf::from(value()?),
+                "--exporter" => options.exporter = Some(PathBuf::from(value()?)),
                 // cargo bench adds --bench; filters and other harness flags do not apply.
                 _ => {}
             }
@@ -171,6 +179,10 @@ fn main() -> anyhow::Result<()> {
     }
     let options = Options::parse(&args)?;
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_opencti-stream-exporter"));
+    let exporter_exe = options.exporter.clone().unwrap_or_else(|| exe.clone());
+    if options.exporter.is_some() {
+        eprintln!("exporter measured: {}", exporter_exe.display());
+    }
     std::fs::create_dir_all(&options.dir)
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -197,7 +209,16 @@ fn main() -> anyhow::Result<()> {
             let dir = options.dir.join(format!("run-{size}-{run}"));
             remove_dir(&dir)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let result = one_run(&runtime, &client, &exe, &sim, shape, &dir, size, run);
+            let result = one_run(
+                &runtime,
+                &client,
+                &exporter_exe,
+                &sim,
+                shape,
+                &dir,
+                size,
+                run,
+            );
             remove_dir(&dir)?;
             let result = result?;
             eprintln!("[{size}] run {run}: {}", serde_json::to_string(&result)?);

@@ -23,8 +23,8 @@
 //! the durable cursor, losing nothing.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,7 +34,7 @@ use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
 use super::PipelineError;
 use super::budget::{Budget, WalFigures};
 use super::cursor::{CursorTracker, Observed};
-use super::dead_letter::{DeadEvent, DeadLetterFile, WarnLimiter};
+use super::dead_letter::{DeadLetterFile, OffRuntimeDeadLetters, WarnLimiter};
 use crate::ids::{EventId, now_ms};
 use crate::metrics::histogram::{Histogram, Records, Seconds};
 use crate::stream::{Action, ResumePosition, StreamItem};
@@ -123,8 +123,7 @@ struct InFlight {
 pub struct Committer {
     wal: Wal,
     appender: Appender,
-    dead_letters: Arc<Mutex<DeadLetterFile>>,
-    dead_letter_path: std::path::PathBuf,
+    dead_letters: OffRuntimeDeadLetters,
     dead_letter_warnings: WarnLimiter,
     tracker: CursorTracker,
     budget: Arc<Budget>,
@@ -148,12 +147,10 @@ impl Committer {
         compactor_wake: Arc<Notify>,
     ) -> Self {
         let appender = wal.appender();
-        let dead_letter_path = dead_letters.path().to_path_buf();
         Self {
             wal,
             appender,
-            dead_letters: Arc::new(Mutex::new(dead_letters)),
-            dead_letter_path,
+            dead_letters: OffRuntimeDeadLetters::new(dead_letters),
             dead_letter_warnings: WarnLimiter::new(DEAD_LETTER_WARN_EVERY),
             tracker: CursorTracker::new(),
             budget,
@@ -270,15 +267,20 @@ impl Committer {
                 payload,
             } => {
                 self.tracker.observe(Observed::Other);
-                self.append_dead_letter(id.as_deref(), &event, &reason, payload)
-                    .await?;
+                self.dead_letters
+                    .append(id.as_deref(), &event, &reason, payload, now_ms())
+                    .await
+                    .map_err(|source| PipelineError::DeadLetter {
+                        path: self.dead_letters.path().to_path_buf(),
+                        source,
+                    })?;
                 self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
                 if let Some(held_back) = self.dead_letter_warnings.allow(Instant::now()) {
                     tracing::warn!(
                         event_id = id.as_deref().unwrap_or("-"),
                         event = %event,
                         reason = %reason,
-                        file = %self.dead_letter_path.display(),
+                        file = %self.dead_letters.path().display(),
                         more_since_last_warning = held_back,
                         "event cannot be exported: kept in the dead-letter file"
                     );
@@ -292,36 +294,6 @@ impl Committer {
             }
         }
         Ok(())
-    }
-
-    /// Appends a dead letter on a blocking thread (a write and an fsync), so the runtime's
-    /// workers never wait for the disk.
-    async fn append_dead_letter(
-        &self,
-        id: Option<&str>,
-        event: &str,
-        reason: &str,
-        payload: bytes::Bytes,
-    ) -> Result<(), PipelineError> {
-        let file = Arc::clone(&self.dead_letters);
-        let (id, event, reason) = (id.map(str::to_owned), event.to_owned(), reason.to_owned());
-        let appended = tokio::task::spawn_blocking(move || {
-            let dead = DeadEvent {
-                id: id.as_deref(),
-                event: &event,
-                reason: &reason,
-                payload: &payload,
-            };
-            file.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .append(dead, now_ms())
-        })
-        .await
-        .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
-        appended.map_err(|source| PipelineError::DeadLetter {
-            path: self.dead_letter_path.clone(),
-            source,
-        })
     }
 
     /// Hands the packed group to the WAL (after the budget admits it).

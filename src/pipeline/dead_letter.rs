@@ -13,11 +13,13 @@
 //! file past `max_bytes`, the file is renamed to [`ROTATED_FILE_NAME`] (replacing the previous
 //! one) and a new one is started. So the dead letters never take more than twice `max_bytes`,
 //! which the disk budget sets aside ([`super::PipelineStats::new`]). Appends are blocking (a
-//! write and an fsync): the committer runs them on a blocking thread.
+//! write and an fsync): async code goes through [`OffRuntimeDeadLetters`], which runs them on a
+//! blocking thread.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -46,15 +48,12 @@ pub fn file_bytes_for_budget(wal_max_bytes: u64) -> u64 {
 
 /// `text` cut to at most `max` bytes on a character boundary, marked when cut.
 fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    const MARK: &str = "…[cut]";
     if text.len() <= max {
         return text.into();
     }
-    const MARK: &str = "…[cut]";
-    let mut end = max.saturating_sub(MARK.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{MARK}", &text[..end]).into()
+    let (kept, _) = crate::record_file::cut(text, max.saturating_sub(MARK.len()));
+    format!("{kept}{MARK}").into()
 }
 
 /// One rejected event.
@@ -100,7 +99,7 @@ impl DeadLetterFile {
     /// is rotated before it would pass `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         let path = dir.join(FILE_NAME);
-        let file = open_append(&path)?;
+        let file = crate::record_file::open_append(&path)?;
         let written = file.metadata()?.len();
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -159,7 +158,7 @@ impl DeadLetterFile {
     fn rotate(&mut self) -> io::Result<()> {
         let rotated = self.dir.join(ROTATED_FILE_NAME);
         std::fs::rename(&self.path, &rotated)?;
-        self.file = open_append(&self.path)?;
+        self.file = crate::record_file::open_append(&self.path)?;
         self.written = 0;
         tracing::warn!(
             file = %self.path.display(),
@@ -171,19 +170,54 @@ impl DeadLetterFile {
     }
 }
 
-/// Opens `path` for appending (mode 0600), creating it; fsyncs `dir` after a rename or a
-/// creation so the file's name is durable too.
-fn open_append(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.create(true).append(true);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+/// A dead-letter file appended to from async code. Each append (the lock, the write and the
+/// fsync) runs on a blocking thread, so the runtime's workers never wait for the disk.
+#[derive(Debug, Clone)]
+pub struct OffRuntimeDeadLetters {
+    file: Arc<Mutex<DeadLetterFile>>,
+    path: PathBuf,
+}
+
+impl OffRuntimeDeadLetters {
+    /// Wraps `file`.
+    pub fn new(file: DeadLetterFile) -> Self {
+        let path = file.path().to_path_buf();
+        Self {
+            file: Arc::new(Mutex::new(file)),
+            path,
+        }
     }
-    let file = options.open(path)?;
-    // The file's name must survive a power loss like the entries synced into it.
-    wal::sync_parent(path)?;
-    Ok(file)
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// [`DeadLetterFile::append`] on a blocking thread: durable once this returns `Ok`.
+    pub async fn append(
+        &self,
+        id: Option<&str>,
+        event: &str,
+        reason: &str,
+        payload: bytes::Bytes,
+        now_ms: u64,
+    ) -> io::Result<()> {
+        let file = Arc::clone(&self.file);
+        let (id, event, reason) = (id.map(str::to_owned), event.to_owned(), reason.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let dead = DeadEvent {
+                id: id.as_deref(),
+                event: &event,
+                reason: &reason,
+                payload: &payload,
+            };
+            file.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .append(dead, now_ms)
+        })
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join.to_string())))
+    }
 }
 
 /// Lets a warning through at most once per period, counting the ones held back.
@@ -341,6 +375,51 @@ mod tests {
                 .map(str::len),
             Some(700)
         );
+    }
+
+    /// While an append waits (here for the file's lock, as it would for a slow disk), the
+    /// runtime's only worker goes on running other tasks: the append is off the runtime.
+    #[test]
+    fn appends_wait_on_a_blocking_thread_not_on_the_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let letters =
+            OffRuntimeDeadLetters::new(DeadLetterFile::open(dir.path(), 1 << 20).expect("open"));
+        let held = letters.file.lock().expect("not poisoned");
+        let (progress_tx, progress_rx) = std::sync::mpsc::channel();
+        let appending = letters.clone();
+        let runtime_thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let append = tokio::spawn(async move {
+                    appending
+                        .append(
+                            Some("1-0"),
+                            "create",
+                            "test",
+                            bytes::Bytes::from_static(b"{}"),
+                            1,
+                        )
+                        .await
+                });
+                // The append task runs first; the worker must come back to this one.
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let _ = progress_tx.send(());
+                append.await.expect("append task")
+            })
+        });
+        let progressed = progress_rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        let appended = runtime_thread.join().expect("runtime thread");
+        assert!(
+            progressed.is_ok(),
+            "the runtime's worker was blocked by the append"
+        );
+        appended.expect("appended once the lock was free");
+        assert_eq!(read_lines(letters.path()).len(), 1);
     }
 
     #[test]

@@ -7,10 +7,10 @@
 //! Each line: `{"at":"<ISO-8601>","event_id":"<SSE id>","uri":"<file uri>","reason":"<why>"}`.
 //! Fields are cut to a bounded length (a hostile uri cannot make a line unbounded). Lines are
 //! appended and fsynced before the event's line is handed to the pipeline, so a missing file is
-//! recorded before the cursor can move past its event; when the file is created, its directory is
-//! fsynced too. The file is created with mode 0600.
+//! recorded before the cursor can move past its event. The file is created with mode 0600 and its
+//! directory fsynced when it is opened ([`crate::record_file`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -79,9 +79,9 @@ impl MissingFilesRecord {
         let at = crate::ids::iso(now_ms);
         let mut text = Vec::new();
         for entry in entries {
-            let (event_id, cut_id) = cut(&entry.event_id, MAX_ID_BYTES);
-            let (uri, cut_uri) = cut(&entry.uri, MAX_URI_BYTES);
-            let (reason, cut_reason) = cut(&entry.reason, MAX_REASON_BYTES);
+            let (event_id, cut_id) = crate::record_file::cut(&entry.event_id, MAX_ID_BYTES);
+            let (uri, cut_uri) = crate::record_file::cut(&entry.uri, MAX_URI_BYTES);
+            let (reason, cut_reason) = crate::record_file::cut(&entry.reason, MAX_REASON_BYTES);
             let line = Line {
                 at: at.clone(),
                 event_id,
@@ -97,7 +97,7 @@ impl MissingFilesRecord {
             .lock()
             .map_err(|_| io::Error::other("the missing-files record lock is poisoned"))?;
         if guard.is_none() {
-            *guard = Some(self.open()?);
+            *guard = Some(crate::record_file::open_append(&self.path)?);
         }
         let file = guard
             .as_mut()
@@ -105,37 +105,6 @@ impl MissingFilesRecord {
         file.write_all(&text)?;
         file.sync_data()
     }
-
-    fn open(&self) -> io::Result<File> {
-        let existed = self.path.exists();
-        let mut options = OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options.open(&self.path)?;
-        if !existed {
-            file.sync_all()?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-        }
-        Ok(file)
-    }
-}
-
-/// `text` cut to at most `max` bytes on a character boundary, and whether it was cut.
-fn cut(text: &str, max: usize) -> (&str, bool) {
-    if text.len() <= max {
-        return (text, false);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&text[..end], true)
 }
 
 /// The number of entries in the record of the WAL directory `dir` (0 when there is none).
