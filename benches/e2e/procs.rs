@@ -312,6 +312,9 @@ impl Exporter {
             .env("WAL_DIR", &wal_dir)
             .env("WRITE_EVERY_SEC", "1")
             .env("UPLOAD_BACKOFF_MAX_SEC", "1")
+            // Every phase exports the whole stream to a fresh bucket: the connector state the
+            // simulator keeps from the phase before is not this export's.
+            .env("WAL_ADOPT_DELIVERED", "false")
             .env("MINIO_ENDPOINT", "127.0.0.1")
             .env("MINIO_PORT", s3_port.to_string())
             .env("MINIO_BUCKET", BUCKET)
