@@ -1,6 +1,7 @@
 """Reads an exporter's bucket back exactly as OpenCTI's stock stream-importer does.
 
-Reference §5.2 and §5.3: list the source path recursively with the minio client (which sends an
+See docs/opencti-protocol.md#importer-listing and docs/opencti-protocol.md#importer-processing:
+list the source path recursively with the minio client (which sends an
 empty `delimiter=`), in the order S3 returns (lexicographic, no sorting), skip keys ending in
 `/`, parse the file number as `int(key.split("_")[-1].split(".")[0])`, require it to be the
 previous number + 1, decode the body as UTF-8, split on "\n", skip empty lines and `json.loads`

@@ -1,4 +1,5 @@
-//! Throughput of the OpenCTI side's CPU path: the SSE framer and the transform (§4.3).
+//! Throughput of the OpenCTI side's CPU path: the SSE framer and the transform
+//! (docs/opencti-protocol.md#exported-line).
 //!
 //! Run with:
 //! `CARGO_TARGET_DIR=/work/targets/opencti cargo bench --bench transform`

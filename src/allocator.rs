@@ -1,5 +1,6 @@
-//! Keeps the process's resident memory close to what it actually uses — DESIGN.md invariant 5,
-//! "bounded memory" (the target is 64 MiB peak RSS whatever the backlog).
+//! Keeps the process's resident memory close to what it actually uses —
+//! docs/architecture.md#invariant-5, "bounded memory" (the target is 64 MiB peak RSS whatever the
+//! backlog).
 //!
 //! glibc's allocator gives each thread that allocates its own arena (up to 8 per core), and
 //! keeps memory freed in an arena for later use by that arena. The exporter's buffers are freed

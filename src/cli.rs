@@ -1,4 +1,4 @@
-//! Command-line interface (DESIGN.md, "CLI contract").
+//! Command-line interface (docs/architecture.md#cli).
 
 use std::path::PathBuf;
 

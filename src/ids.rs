@@ -1,6 +1,7 @@
 //! Stream event ids (`<ms>-<seq>`, Redis stream style), the date forms OpenCTI accepts for `from`
-//! and `recover` (§1.2), ISO-8601 formatting of millisecond timestamps, and the wall clock in
-//! epoch milliseconds. Shared by the stream client, the pipeline, the read-back and the simulator.
+//! and `recover` (docs/opencti-protocol.md#stream-parameters), ISO-8601 formatting of millisecond
+//! timestamps, and the wall clock in epoch milliseconds. Shared by the stream client, the pipeline,
+//! the read-back and the simulator.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,9 +62,10 @@ fn is_digits(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Parses a `from` / `recover` value as the server does (§1.2): `0` and `0-0` are the beginning,
-/// `<ms>-<seq>` is an id, anything else is read as a date and becomes `<epoch ms>-0`.
-/// `None` means the value is invalid (the server then treats it as absent).
+/// Parses a `from` / `recover` value as the server does
+/// (docs/opencti-protocol.md#stream-parameters): `0` and `0-0` are the beginning, `<ms>-<seq>` is
+/// an id, anything else is read as a date and becomes `<epoch ms>-0`. `None` means the value is
+/// invalid (the server then treats it as absent).
 pub fn parse_position(text: &str) -> Option<EventId> {
     let text = text.trim();
     if text == "0" || text == "0-0" {
@@ -77,7 +79,8 @@ pub fn parse_position(text: &str) -> Option<EventId> {
 
 /// Parses `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS[.fff…]]` with `Z`, `±HH:MM`, `±HHMM` or no
 /// zone (UTC). A space may replace `T`, and also the `+` of an offset (a `+` that reached the
-/// server unencoded in a query string arrives as a space, §1.3). Returns epoch milliseconds.
+/// server unencoded in a query string arrives as a space, docs/opencti-protocol.md#pycti-request).
+/// Returns epoch milliseconds.
 pub fn parse_iso_ms(text: &str) -> Option<u64> {
     let b = text.as_bytes();
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {

@@ -1,8 +1,9 @@
-//! Reads an export back the way OpenCTI's stock `stream-importer` does (reference §5.2, §5.3),
-//! and checks everything the importer depends on: the listing in lexicographic order, each file
-//! number `int(key.split("_")[-1].split(".")[0])` equal to the previous one + 1, timestamps in the
-//! names strictly increasing, every body UTF-8 (or zstd for `.json.zst`), every non-empty line a
-//! JSON object with `type` and `data`, and event ids never going backwards.
+//! Reads an export back the way OpenCTI's stock `stream-importer` does
+//! (docs/opencti-protocol.md#importer-listing, docs/opencti-protocol.md#importer-processing), and
+//! checks everything the importer depends on: the listing in lexicographic order, each file number
+//! `int(key.split("_")[-1].split(".")[0])` equal to the previous one + 1, timestamps in the names
+//! strictly increasing, every body UTF-8 (or zstd for `.json.zst`), every non-empty line a JSON
+//! object with `type` and `data`, and event ids never going backwards.
 //!
 //! Used by `verify` and the demo. It reads one object at a time (files are at most
 //! `WRITE_MAX_BYTES`).

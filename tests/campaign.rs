@@ -1,7 +1,7 @@
 //! The fault campaign: the real binary against the OpenCTI simulator and a real S3 server (behind
 //! a fault-injecting proxy), for tens of thousands of events, while a seeded scheduler injects
 //! faults of every kind a deployment meets. At the end the bucket is checked against what the
-//! simulator served (DESIGN.md invariants 1, 2, 3, 4 and 7):
+//! simulator served (invariants 1, 2, 3, 4 and 7, docs/architecture.md#invariants):
 //!
 //! - every served data event is in the bucket, in order, at most once per time it was served,
 //!   and none is lost (the simulator's oracle: the export is a concatenation of durable prefixes

@@ -1,6 +1,6 @@
 //! The wall clock going backwards between seals never breaks the order of file names
-//! (DESIGN.md invariant 3: `ts` strictly increases with N, so lexicographic listing order, which
-//! the importer follows, is file order).
+//! (docs/architecture.md#invariant-3: `ts` strictly increases with N, so lexicographic listing
+//! order, which the importer follows, is file order).
 //!
 //! The machine's clock is shared, so the test does not move it: it makes the WAL's last seal
 //! happen an hour in the future instead (as when the clock ran ahead and NTP then set it back),

@@ -1,5 +1,5 @@
-//! DESIGN.md invariant 6, "bounded disk": with a small `WAL_MAX_BYTES` and S3 down, the WAL
-//! fills up; the daemon then stops reading the stream (the pause is logged, the connection to
+//! docs/architecture.md#invariant-6, "bounded disk": with a small `WAL_MAX_BYTES` and S3 down, the
+//! WAL fills up; the daemon then stops reading the stream (the pause is logged, the connection to
 //! OpenCTI is closed and not reopened, nothing more is served), its WAL never grows past the
 //! budget, and once S3 is back the backlog drains, reading resumes from the durable cursor, and
 //! every event arrives.

@@ -1,8 +1,8 @@
-//! DESIGN.md invariants 2 and 3 under crashes: the real binary is killed with SIGKILL at ten
-//! random moments of one run (a seeded RNG chooses them; the seed is printed, and
-//! `DAEMON_CRASH_SEED` replays a run) while the simulator serves a first start with recovery and
-//! dependency events and files are sealed and uploaded, and restarted each time on the same WAL.
-//! At the end nothing is lost, files are numbered without a gap and in order, and an event is
+//! invariants 2 and 3, docs/architecture.md#invariants under crashes: the real binary is killed
+//! with SIGKILL at ten random moments of one run (a seeded RNG chooses them; the seed is printed,
+//! and `DAEMON_CRASH_SEED` replays a run) while the simulator serves a first start with recovery
+//! and dependency events and files are sealed and uploaded, and restarted each time on the same
+//! WAL. At the end nothing is lost, files are numbered without a gap and in order, and an event is
 //! exported twice only where the simulator served it twice.
 
 mod support;

@@ -1,8 +1,8 @@
-//! DESIGN.md invariant 4, "no replay from OpenCTI because of S3": the real binary streams from
-//! the simulator into a real S3 server; the S3 server is stopped in the middle of the stream and
-//! restarted later. The stream connection is never dropped for it (one connection, every event
-//! served once), the backlog piles up on disk as sealed files, and drains, in order, once S3 is
-//! back.
+//! docs/architecture.md#invariant-4, "no replay from OpenCTI because of S3": the real binary
+//! streams from the simulator into a real S3 server; the S3 server is stopped in the middle of the
+//! stream and restarted later. The stream connection is never dropped for it (one connection, every
+//! event served once), the backlog piles up on disk as sealed files, and drains, in order, once S3
+//! is back.
 
 mod support;
 

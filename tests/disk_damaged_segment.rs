@@ -1,7 +1,8 @@
-//! A sealed segment damaged on disk (DESIGN.md invariants 2, 3 and 7): it is detected by its size
-//! or its checksum, never uploaded, no later file overtakes it, ingestion goes on, `status`,
-//! `/readyz`, `/status` and the logs report it; and the operator's way out, `quarantine N`, keeps the importer's
-//! numbering gapless, records exactly what was lost, and lets uploads go on.
+//! A sealed segment damaged on disk (invariants 2, 3 and 7, docs/architecture.md#invariants): it is
+//! detected by its size or its checksum, never uploaded, no later file overtakes it, ingestion goes
+//! on, `status`, `/readyz`, `/status` and the logs report it; and the operator's way out,
+//! `quarantine N`, keeps the importer's numbering gapless, records exactly what was lost, and lets
+//! uploads go on.
 
 mod ops_common;
 mod support;

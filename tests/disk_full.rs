@@ -1,7 +1,7 @@
-//! A real full disk under the WAL (DESIGN.md invariant 6, "bounded disk", and 2, "no loss"): the
-//! WAL directory is a small tmpfs mounted for the test, and a ballast file takes its space while
-//! the daemon streams. The exporter stops reading, keeps what it has, and recovers when the
-//! ballast is deleted; nothing is lost.
+//! A real full disk under the WAL (docs/architecture.md#invariant-6, "bounded disk", and 2, "no
+//! loss"): the WAL directory is a small tmpfs mounted for the test, and a ballast file takes its
+//! space while the daemon streams. The exporter stops reading, keeps what it has, and recovers when
+//! the ballast is deleted; nothing is lost.
 //!
 //! Mounting needs root, so the tests are ignored by default; `.ci/run` runs them (as root) with
 //! the other ignored tests, and there a refused mount fails them.

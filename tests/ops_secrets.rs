@@ -1,7 +1,7 @@
-//! DESIGN.md invariant 8, "secrets stay secret", end to end: a full run of the real binary at
-//! debug level — first start, a refused stream connection, a dropped connection, uploads refused
-//! for a wrong S3 secret, then a run with the right one until everything is uploaded — and the
-//! OpenCTI token, the S3 secret key and the wrong secret key appear nowhere in what an
+//! docs/architecture.md#invariant-8, "secrets stay secret", end to end: a full run of the real
+//! binary at debug level — first start, a refused stream connection, a dropped connection, uploads
+//! refused for a wrong S3 secret, then a run with the right one until everything is uploaded — and
+//! the OpenCTI token, the S3 secret key and the wrong secret key appear nowhere in what an
 //! administrator or a scraper can read: every log line of both runs (JSON and text), `/status`,
 //! `/metrics`, `/healthz`, `/readyz`, the `status` and `verify` commands, the export itself.
 

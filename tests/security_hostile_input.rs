@@ -1,6 +1,7 @@
-//! Hostile input never crashes the daemon nor gets exported damaged (DESIGN.md invariant 7),
-//! checked by property tests that run in every `cargo test` (the `fuzz/` crate runs the same
-//! entry points under libFuzzer for longer; see the README, "Fuzzing"):
+//! Hostile input never crashes the daemon nor gets exported damaged
+//! (docs/architecture.md#invariant-7), checked by property tests that run in every `cargo test`
+//! (the `fuzz/` crate runs the same entry points under libFuzzer for longer; see the README,
+//! "Fuzzing"):
 //!
 //! - the SSE framer, on any bytes cut into any chunks: never panics, never hands over an event
 //!   larger than its bound, frames the same wherever the chunks were cut;

@@ -2,7 +2,7 @@
 //!
 //! - secrets (the OpenCTI token, the S3 secret key) never appear in the logs, at any level and
 //!   on error paths (401 from OpenCTI, 403 and 500 from S3, a bad event), nor in `status`, nor in
-//!   the dead-letter file, nor in a configuration error (DESIGN.md invariant 8);
+//!   the dead-letter file, nor in a configuration error (docs/architecture.md#invariant-8);
 //! - the WAL directory is private to its owner (0700, narrowed if it was open), the dead-letter
 //!   file too (0600);
 //! - a redirect from OpenCTI to another origin is not followed: nothing is sent there.

@@ -1,5 +1,6 @@
-//! Authentication and error statuses (§1.5: the message is in the reason phrase, the body is
-//! empty), `/storage/get` (§4.2) and `/graphql` register/ping (§3.4).
+//! Authentication and error statuses (docs/opencti-protocol.md#auth-and-errors: the message is in
+//! the reason phrase, the body is empty), `/storage/get` (docs/opencti-protocol.md#attached-files)
+//! and `/graphql` register/ping (docs/opencti-protocol.md#state-storage).
 
 mod simulator_common;
 

@@ -1,5 +1,6 @@
 //! The simulator's live stream read with a plain HTTP client: framing, ids, resume, recovery,
-//! dependencies, heartbeats (reference §1.2, §1.4, §2.1–§2.5).
+//! dependencies, heartbeats (docs/opencti-protocol.md#stream-parameters,
+//! docs/opencti-protocol.md#start-position, docs/opencti-protocol.md#sse-wire-format).
 
 mod simulator_common;
 

@@ -25,8 +25,8 @@ fn parse_id(id: &str) -> (u64, u64) {
 }
 
 /// A tiny OpenCTI: a fixed list of events; each connection sends those strictly after its
-/// `Last-Event-ID` (§2.2), at most `per_connection[n]` of them, then (when limited) cuts the
-/// connection in the middle of the next event; the last connection stalls.
+/// `Last-Event-ID` (docs/opencti-protocol.md#event-ids), at most `per_connection[n]` of them, then
+/// (when limited) cuts the connection in the middle of the next event; the last connection stalls.
 fn replaying_stream(
     events: Vec<(String, String)>,
     per_connection: Vec<usize>,
@@ -171,7 +171,8 @@ async fn recovery_parameters_are_sent_on_first_start_and_dropped_after_no_recove
         }
     })
     .await;
-    // First start as the pipeline initializes it (§1.4): from 0-0, recover until "now".
+    // First start as the pipeline initializes it (docs/opencti-protocol.md#start-position): from
+    // 0-0, recover until "now".
     let first_start = ResumePosition {
         cursor: Some("0-0".to_owned()),
         recover_until: Some("2024-06-10T09:38:20+00:00".to_owned()),

@@ -1,6 +1,7 @@
-//! `reference/sample-events.sse` (copied byte for byte into `tests/fixtures/`) served by a real
-//! HTTP stand-in, read by the stream client and transformed; every exported line is checked field
-//! by field against reference §4.3, including `previous_standard` and the embedded file.
+//! `tests/fixtures/sample-events.sse`, a transcript of what OpenCTI sends on a live stream, served
+//! by a real HTTP stand-in, read by the stream client and transformed; every exported line is
+//! checked field by field against docs/opencti-protocol.md#exported-line, including
+//! `previous_standard` and the embedded file.
 
 mod stream_support;
 
@@ -50,7 +51,8 @@ fn keys(value: &Value) -> Vec<&str> {
     object(value).keys().map(String::as_str).collect()
 }
 
-/// Checks one exported line against its SSE event (§4.3), `expected_keys` being the key order.
+/// Checks one exported line against its SSE event (docs/opencti-protocol.md#exported-line),
+/// `expected_keys` being the key order.
 fn check_line(
     line: &[u8],
     id: &str,
@@ -219,7 +221,8 @@ async fn sample_events_through_client_and_transform_match_the_stock_exporter() {
         }
     }
 
-    // The report update: the file entry gets `data`, and data.files holds the same entries (§4.2).
+    // The report update: the file entry gets `data`, and data.files holds the same entries
+    // (docs/opencti-protocol.md#attached-files).
     let output: Value = serde_json::from_slice(&lines[6]).expect("json");
     let input: Value = serde_json::from_str(&data_events[6].2).expect("json");
     let mut expected_keys = keys(&input["data"]);

@@ -1,7 +1,7 @@
 //! The stream client against the simulator (a faithful OpenCTI stand-in), with faults: drops,
 //! cuts in the middle of an event, stalls, refused connections and injected bad events. The
 //! simulator's oracle checks the exported lines against what it served: nothing lost, nothing
-//! invented, arrival order kept (DESIGN invariant 2 for the OpenCTI side).
+//! invented, arrival order kept (docs/architecture.md#invariant-2 for the OpenCTI side).
 
 mod stream_support;
 

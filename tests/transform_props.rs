@@ -1,7 +1,7 @@
 //! Property tests of the transform: it never panics on any bytes, and on any JSON object (with
 //! duplicate keys at any depth and arbitrary whitespace) its line is exactly Python's
-//! `json.loads` + the §4.3 changes: last value wins at the first key's position, `id` and `type`
-//! set in place or appended, nothing else changed.
+//! `json.loads` + the docs/opencti-protocol.md#exported-line changes: last value wins at the first
+//! key's position, `id` and `type` set in place or appended, nothing else changed.
 
 use bytes::Bytes;
 use opencti_stream_exporter::stream::Action;

@@ -1,8 +1,8 @@
 //! `import-state`: seeds a new WAL from the stock Python connector's state, so a user can switch
-//! without a gap or a renumbering (reference §4.4): resume from `last_written_msg_id` (the last
-//! position the stock exporter uploaded; `start_from` when it never uploaded), keep
-//! `recover_until`, and number the next file `file_count + 1`. Refuses a WAL that already holds
-//! anything.
+//! without a gap or a renumbering (docs/opencti-protocol.md#state-keys): resume from
+//! `last_written_msg_id` (the last position the stock exporter uploaded; `start_from` when it never
+//! uploaded), keep `recover_until`, and number the next file `file_count + 1`. Refuses a WAL that
+//! already holds anything.
 
 use std::io::Read;
 

@@ -1,9 +1,9 @@
 //! `quarantine FILE_NUMBER`: the operator's way past a damaged segment.
 //!
 //! A sealed segment whose file is missing or fails its checksum cannot be uploaded, and no later
-//! file may overtake it (DESIGN.md invariant 3: the importer reads files 1, 2, 3, … and stops at
-//! a gap), so uploads stop there while ingestion goes on into the WAL. The events it held are
-//! gone from this exporter; what is left to decide is how the numbering goes on. This command,
+//! file may overtake it (docs/architecture.md#invariant-3: the importer reads files 1, 2, 3, … and
+//! stops at a gap), so uploads stop there while ingestion goes on into the WAL. The events it held
+//! are gone from this exporter; what is left to decide is how the numbering goes on. This command,
 //! run with the daemon stopped:
 //!
 //! 1. checks that file N is the oldest waiting and is really damaged (a sound file is refused:

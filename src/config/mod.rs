@@ -1,5 +1,6 @@
 //! Configuration: every variable and YAML key of the stock Python exporter with the same
-//! meaning (reference §4.5), plus this exporter's own, environment over `config.yml`.
+//! meaning (docs/opencti-protocol.md#stock-configuration), plus this exporter's own, environment
+//! over `config.yml`.
 //!
 //! Loading validates everything up front. A missing mandatory value or an invalid one is a
 //! [`ConfigError`] naming the variable and what is wrong; the binary prints it on one line and
@@ -69,7 +70,8 @@ pub struct OpenCti {
     pub ping_interval: Duration,
 }
 
-/// The live stream to follow and how to ask for it (reference §1.2–§1.4).
+/// The live stream to follow and how to ask for it (docs/opencti-protocol.md#stream-parameters,
+/// docs/opencti-protocol.md#pycti-request and docs/opencti-protocol.md#start-position).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveStream {
     /// Stream id; `None` means the raw `/stream`.

@@ -4,16 +4,16 @@
 //! [`Collector`] below reads them, the WAL's state and its disk usage at scrape time. A scrape
 //! costs a few hundred atomic loads, one short lock of the WAL state and one `statvfs`.
 //!
-//! The stock exporter's names (reference §4.6) are kept exactly, with their `name` label (the
-//! connector name): `processed_messages_total{name,action}`, `written_files_total{name}`,
-//! `write_errors_total{name}`, `current_state{name}`, `last_written_state{name}`,
-//! `recover_until_state{name}`, and pycti's `ping_api_total` / `ping_api_errors_total`.
-//! `prometheus-client` appends `_total` to counters, so they are declared without it. Every
-//! other metric is ours and starts with `stream_exporter_`; the full list with types, labels and
-//! meanings is [`CATALOGUE`].
+//! The stock exporter's names (docs/opencti-protocol.md#stock-metrics) are kept exactly, with their
+//! `name` label (the connector name): `processed_messages_total{name,action}`,
+//! `written_files_total{name}`, `write_errors_total{name}`, `current_state{name}`,
+//! `last_written_state{name}`, `recover_until_state{name}`, and pycti's `ping_api_total` /
+//! `ping_api_errors_total`. `prometheus-client` appends `_total` to counters, so they are declared
+//! without it. Every other metric is ours and starts with `stream_exporter_`; the full list with
+//! types, labels and meanings is [`CATALOGUE`].
 //!
-//! Secrets (DESIGN.md invariant 8): no label or value comes from a secret; label values are the
-//! connector name, actions, reasons and outcomes.
+//! Secrets (docs/architecture.md#invariant-8): no label or value comes from a secret; label values
+//! are the connector name, actions, reasons and outcomes.
 
 pub mod histogram;
 

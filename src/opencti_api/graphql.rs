@@ -1,7 +1,7 @@
-//! The GraphQL transport to OpenCTI's API, as pycti sends it (reference §3.4): `POST
-//! {OPENCTI_URL}/graphql` with `Authorization: Bearer <token>` and a JSON body
-//! `{"query", "variables"}`. Secrets: the token only goes into the header, marked sensitive; no
-//! error built here contains it.
+//! The GraphQL transport to OpenCTI's API, as pycti sends it
+//! (docs/opencti-protocol.md#state-storage): `POST {OPENCTI_URL}/graphql` with `Authorization:
+//! Bearer <token>` and a JSON body `{"query", "variables"}`. Secrets: the token only goes into the
+//! header, marked sensitive; no error built here contains it.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
-//! The connector's presence on the OpenCTI platform (reference §3.4): `registerConnector` at
-//! start-up and `pingConnector` every 40 s with the state in the stock keys, so the platform's
-//! connector page shows the exporter, its position and its file count like the Python
-//! connector's; and a state reset requested from that page is honoured.
+//! The connector's presence on the OpenCTI platform (docs/opencti-protocol.md#state-storage):
+//! `registerConnector` at start-up and `pingConnector` every 40 s with the state in the stock keys,
+//! so the platform's connector page shows the exporter, its position and its file count like the
+//! Python connector's; and a state reset requested from that page is honoured.
 //!
 //! What it guarantees:
 //! - **Never in the way of exporting.** The task runs on its own; an unreachable or refusing API
@@ -27,9 +27,9 @@
 //!   [`ApiSettings::min_reset_interval`]. Any other `""` is refused, counted
 //!   (`stream_exporter_state_resets_refused_total`) and warned about once, so a platform that
 //!   keeps answering `""` causes one reset, not a storm.
-//! - **Secrets** (DESIGN.md invariant 8): the token only goes into the `Authorization` header,
-//!   marked sensitive; the registration asks for none of the secrets the platform could answer
-//!   (RabbitMQ password, S3 keys).
+//! - **Secrets** (docs/architecture.md#invariant-8): the token only goes into the `Authorization`
+//!   header, marked sensitive; the registration asks for none of the secrets the platform could
+//!   answer (RabbitMQ password, S3 keys).
 
 pub mod graphql;
 pub mod state;
@@ -52,7 +52,7 @@ pub use graphql::{ApiError, GraphqlClient};
 pub use state::{ConnectorState, PlatformState};
 pub use stats::ApiStats;
 
-/// How often the state is sent, as pycti's `PingAlive` (§3.4).
+/// How often the state is sent, as pycti's `PingAlive` (docs/opencti-protocol.md#state-storage).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(40);
 /// How soon after an upload the new state is pinged (uploads within it share one ping).
 pub const PING_AFTER_UPLOAD: Duration = Duration::from_secs(2);
@@ -67,7 +67,7 @@ pub const DEFAULT_MIN_RESET_INTERVAL: Duration = Duration::from_secs(300);
 pub const REGISTER_MUTATION: &str = "mutation RegisterConnector($input: RegisterConnectorInput) {\
  registerConnector(input: $input) { id connector_state connector_user_id } }";
 
-/// The ping mutation, as pycti sends it (§3.4).
+/// The ping mutation, as pycti sends it (docs/opencti-protocol.md#state-storage).
 pub const PING_MUTATION: &str = "mutation PingConnector($id: ID!, $state: String, \
 $connectorInfo: ConnectorInfoInput) { pingConnector(id: $id, state: $state, connectorInfo: \
 $connectorInfo) { id connector_state } }";

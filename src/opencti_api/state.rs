@@ -1,5 +1,6 @@
-//! The connector state in the stock keys (reference §3.4, §4.4), built from the WAL, and what a
-//! state answered by the platform means.
+//! The connector state in the stock keys (docs/opencti-protocol.md#state-storage,
+//! docs/opencti-protocol.md#state-keys), built from the WAL, and what a state answered by the
+//! platform means.
 //!
 //! | key | value here |
 //! |---|---|
@@ -9,8 +10,8 @@
 //! | `file_count` | the number of the last uploaded file (the next file is `file_count + 1`) |
 //!
 //! Both `last_written_msg_id` and `file_count` describe what was *uploaded*, unlike the stock
-//! exporter whose values could run ahead of its uploads (§4.4): a state copied from the UI is
-//! therefore always safe to import (`import-state`) into a new WAL.
+//! exporter whose values could run ahead of its uploads (docs/opencti-protocol.md#state-keys): a
+//! state copied from the UI is therefore always safe to import (`import-state`) into a new WAL.
 
 use serde_json::{Map, Value};
 use wal::{RecoverUntil, Wal, WalState};
@@ -88,8 +89,9 @@ pub enum PlatformState {
     /// The platform stored what was sent.
     Same,
     /// The explicit reset answer: the empty string `""` instead of the state just sent, which is
-    /// what the platform answers once after `resetStateConnector` (reference §3.4). Whether it is
-    /// honoured is the API task's decision (see [`super`]).
+    /// what the platform answers once after `resetStateConnector`
+    /// (docs/opencti-protocol.md#state-storage). Whether it is honoured is the API task's decision
+    /// (see [`super`]).
     Reset,
     /// No state at all: `connector_state` missing or `null`, the string `"null"`, `{}` or a JSON
     /// empty string. The platform never answers these to a reset, so they are not one: a
@@ -131,8 +133,9 @@ fn is_empty_state(value: &Value) -> bool {
     }
 }
 
-/// What a connector state held by the platform says was delivered, in the stock keys (§4.4):
-/// written by the stock Python connector or by this exporter (same keys, same meaning).
+/// What a connector state held by the platform says was delivered, in the stock keys
+/// (docs/opencti-protocol.md#state-keys): written by the stock Python connector or by this exporter
+/// (same keys, same meaning).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StockState {
     /// The position every event up to which was delivered: `last_written_msg_id`, or

@@ -4,8 +4,8 @@
 //!
 //! Everything reads a [`DaemonView`]: the WAL and the stages' own counters, shared, never a copy
 //! kept up to date. Nothing here can slow the pipeline: reading costs atomic loads, a short lock
-//! of the WAL's state and one `statvfs`. Nothing here shows a secret (DESIGN.md invariant 8):
-//! the view holds none.
+//! of the WAL's state and one `statvfs`. Nothing here shows a secret
+//! (docs/architecture.md#invariant-8): the view holds none.
 
 pub mod auth;
 pub mod connections;

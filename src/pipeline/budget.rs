@@ -1,4 +1,4 @@
-//! The disk budget — DESIGN.md invariant 6, "bounded disk": WAL plus segments stay under
+//! The disk budget — docs/architecture.md#invariant-6, "bounded disk": WAL plus segments stay under
 //! `WAL_MAX_BYTES`; when full, the exporter stops reading the stream, drops nothing, and resumes
 //! from its cursor.
 //!

@@ -1,6 +1,6 @@
 //! The WAL writer stage: turns stream items into durable group commits and moves the cursor
-//! only with them — DESIGN.md invariant 1, "durable before acknowledged", and invariant 2, "no
-//! loss".
+//! only with them — docs/architecture.md#invariant-1, "durable before acknowledged", and
+//! docs/architecture.md#invariant-2, "no loss".
 //!
 //! Items arrive in stream order through a bounded channel. The committer packs whatever is
 //! queued into one [`wal::Group`] (lines, the cursor the [`CursorTracker`] allows, state

@@ -3,8 +3,8 @@
 //! It never seals an empty segment (the WAL refuses to), so, like the stock exporter, an idle
 //! stream writes no files.
 //!
-//! Sealing is where a file's number and timestamp are fixed (DESIGN.md invariant 3): the WAL
-//! gives numbers without gaps and timestamps strictly increasing even if the clock goes back.
+//! Sealing is where a file's number and timestamp are fixed (docs/architecture.md#invariant-3): the
+//! WAL gives numbers without gaps and timestamps strictly increasing even if the clock goes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

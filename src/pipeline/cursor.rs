@@ -1,13 +1,14 @@
-//! Which stream position may be made durable as the cursor — DESIGN.md invariant 1,
+//! Which stream position may be made durable as the cursor — docs/architecture.md#invariant-1,
 //! "durable before acknowledged".
 //!
 //! The cursor is the id the next connection resumes from (`Last-Event-ID`); the server sends
-//! what comes strictly after it (reference §2.2). So the cursor may name an id only when every
-//! event with that id is durable. Ids are not unique per event: a dependency event carries the
-//! id of the event that triggered it and is sent just before it (§2.4). Resuming from a
-//! dependency's id would skip its trigger, so a dependency never moves the cursor, and neither
-//! does a heartbeat that repeats the pending dependency's id. The event that follows (or a
-//! heartbeat with another id) does.
+//! what comes strictly after it (docs/opencti-protocol.md#event-ids). So the cursor may name an id
+//! only when every event with that id is durable. Ids are not unique per event: a dependency event
+//! carries the id of the event that triggered it and is sent just before it
+//! (docs/opencti-protocol.md#dependency-and-recovery-events). Resuming from a dependency's id would
+//! skip its trigger, so a dependency never moves the cursor, and neither does a heartbeat that
+//! repeats the pending dependency's id. The event that follows (or a heartbeat with another id)
+//! does.
 //!
 //! The tracker only decides; the committer applies its decision in the same WAL commit as the
 //! events it covers, so the cursor is never ahead of what is on disk.

@@ -1,5 +1,5 @@
-//! The dead-letter file: events that cannot be exported (DESIGN.md invariant 7, "bad input is
-//! contained"), kept next to the WAL so an operator can inspect or replay them.
+//! The dead-letter file: events that cannot be exported (docs/architecture.md#invariant-7, "bad
+//! input is contained"), kept next to the WAL so an operator can inspect or replay them.
 //!
 //! Each entry is one JSON line: when it was written, the SSE id and event name, why it was
 //! rejected, and the payload (as text when it is UTF-8, as base64 otherwise). An entry is

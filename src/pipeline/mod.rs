@@ -60,7 +60,8 @@ pub enum PipelineError {
     Task(String),
 }
 
-/// How the stream starts the first time (reference §1.4): `start_from` and `recover_until`.
+/// How the stream starts the first time (docs/opencti-protocol.md#start-position): `start_from` and
+/// `recover_until`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FirstStart {
     /// `CONNECTOR_LIVE_STREAM_START_TIMESTAMP`, epoch ms; `None` starts from `0-0`.

@@ -1,6 +1,6 @@
 //! The uploader: drains sealed segments to the sink strictly in order, one at a time —
-//! DESIGN.md invariant 3, "gapless, ordered files", and invariant 4, "no replay from OpenCTI
-//! because of S3".
+//! docs/architecture.md#invariant-3, "gapless, ordered files", and invariant 4, "no replay from
+//! OpenCTI because of S3".
 //!
 //! - File N+1 is never sent before file N's upload succeeded: the uploader only ever works on
 //!   the oldest sealed segment.

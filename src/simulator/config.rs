@@ -20,7 +20,8 @@ pub struct SimulatorConfig {
     pub mix: EventMix,
     /// The API token. `None`: every stream is public and `/storage/get` needs no token.
     pub token: Option<Secret>,
-    /// The live streams (`/stream/{id}`). Unknown ids answer 401 (§1.5).
+    /// The live streams (`/stream/{id}`). Unknown ids answer 401
+    /// (docs/opencti-protocol.md#auth-and-errors).
     pub streams: Vec<StreamDef>,
     /// Heartbeat period (the platform's default is 5 s; tests use 50–200 ms).
     pub heartbeat: Duration,
@@ -30,7 +31,7 @@ pub struct SimulatorConfig {
     pub clock: IdClock,
     /// Send `consumer_metrics` after each heartbeat (SSE-CM and newer); off gives the 6.x shape.
     pub consumer_metrics: bool,
-    /// What a request with `recover` but no start gets (§1.4).
+    /// What a request with `recover` but no start gets (docs/opencti-protocol.md#start-position).
     pub recover_without_start: RecoverWithoutStart,
     /// Keep every served data event in the served log (needed by the oracle). Benchmarks that
     /// serve millions of events may turn it off; counters are always kept.
@@ -81,7 +82,8 @@ pub struct EventMix {
     pub deletes: f64,
     /// Share of live events that are merges.
     pub merges: f64,
-    /// Share of indicator updates that change the pattern, hence `/id` (§2.3).
+    /// Share of indicator updates that change the pattern, hence `/id`
+    /// (docs/opencti-protocol.md#data-events).
     pub id_changes: f64,
     /// Share of created reports/malware and of updates that attach a file.
     pub files: f64,
@@ -107,11 +109,13 @@ impl Default for EventMix {
 pub struct StreamDef {
     /// The id in `/stream/{id}`.
     pub id: String,
-    /// Stopped (`stream_live=false`): connections get 410 (§1.5).
+    /// Stopped (`stream_live=false`): connections get 410
+    /// (docs/opencti-protocol.md#auth-and-errors).
     pub stopped: bool,
     /// Public (`stream_public`): no token needed.
     pub public: bool,
-    /// Configured with origin filters: no recovery, a `no-recover` event instead (§2.1).
+    /// Configured with origin filters: no recovery, a `no-recover` event instead
+    /// (docs/opencti-protocol.md#sse-framing).
     pub origin_filters: bool,
 }
 
@@ -141,8 +145,9 @@ pub struct IdClock {
     /// Epoch ms of the first live event; the knowledge base lies in the 30 days before it.
     pub base_ms: u64,
     /// As the real server: an idle connection's heartbeat ids advance with the wall clock
-    /// (`<now ms>-0`, §2.2), events appended later get ids past both the log and `now`. Off:
-    /// heartbeats repeat the last id and appended ids only depend on the seed (deterministic).
+    /// (`<now ms>-0`, docs/opencti-protocol.md#event-ids), events appended later get ids past both
+    /// the log and `now`. Off: heartbeats repeat the last id and appended ids only depend on the
+    /// seed (deterministic).
     pub wall_clock_idle_ids: bool,
 }
 
@@ -156,7 +161,7 @@ impl Default for IdClock {
     }
 }
 
-/// The answer to `recover` without a start (§1.4).
+/// The answer to `recover` without a start (docs/opencti-protocol.md#start-position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoverWithoutStart {
     /// 6.x: HTTP 500 with `Error in stream <id>: Recovery mode is only possible with a start date`.

@@ -15,7 +15,8 @@ use tokio::sync::watch;
 
 use super::rng::SplitMix;
 
-/// An HTTP error a connection attempt can get, with the reason phrases of §1.5.
+/// An HTTP error a connection attempt can get, with the reason phrases of
+/// docs/opencti-protocol.md#auth-and-errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailStatus {
     /// 401 `You are not authenticated, please check your credentials`.

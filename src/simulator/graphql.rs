@@ -1,5 +1,6 @@
-//! `/graphql`: `registerConnector` and `pingConnector` as the platform answers them (§3.4),
-//! with the stored `connector_state` and the "reset requested" switch.
+//! `/graphql`: `registerConnector` and `pingConnector` as the platform answers them
+//! (docs/opencti-protocol.md#state-storage), with the stored `connector_state` and the "reset
+//! requested" switch.
 
 use serde_json::{Value, json};
 

@@ -1,16 +1,19 @@
 //! A simulated OpenCTI platform for tests, benchmarks and the demo: an HTTP server that behaves
-//! like OpenCTI's live stream (reference §1, §2), `/storage/get` (§4.2) and `/graphql`
-//! register/ping (§3.4), serving a generated, deterministic corpus, with fault injection, a log
-//! of what it served, and an [`oracle`] that checks an export against that log.
+//! like OpenCTI's live stream (docs/opencti-protocol.md#live-stream-http,
+//! docs/opencti-protocol.md#sse-wire-format), `/storage/get`
+//! (docs/opencti-protocol.md#attached-files) and `/graphql` register/ping
+//! (docs/opencti-protocol.md#state-storage), serving a generated, deterministic corpus, with fault
+//! injection, a log of what it served, and an [`oracle`] that checks an export against that log.
 //!
 //! # What it guarantees
-//! * **Protocol.** Framing of §2.1 (`id:` / `event:` / one `data:` line of JSON / blank line,
-//!   LF), headers of §1.5, auth and error statuses with the message in the reason phrase and an
-//!   empty body, `from` / `Last-Event-ID` (query wins) served *strictly after*, `0`/`0-0` from
-//!   the beginning, first-run recovery when `recover` > start (ids `<updated_at ms>-0`, repeated
-//!   when objects share a millisecond, ordered by `updated_at` then internal id), dependency
-//!   events before the event that needs them with the same id (per-connection cache, empty on
-//!   every new connection), heartbeats plus `consumer_metrics` with the channel's last id.
+//! * **Protocol.** Framing of docs/opencti-protocol.md#sse-framing (`id:` / `event:` / one `data:`
+//!   line of JSON / blank line, LF), headers of docs/opencti-protocol.md#auth-and-errors, auth and
+//!   error statuses with the message in the reason phrase and an empty body, `from` /
+//!   `Last-Event-ID` (query wins) served *strictly after*, `0`/`0-0` from the beginning, first-run
+//!   recovery when `recover` > start (ids `<updated_at ms>-0`, repeated when objects share a
+//!   millisecond, ordered by `updated_at` then internal id), dependency events before the event
+//!   that needs them with the same id (per-connection cache, empty on every new connection),
+//!   heartbeats plus `consumer_metrics` with the channel's last id.
 //! * **Ids.** Live-log ids are strictly increasing, also across [`SimulatorHandle::append_live_events`],
 //!   and always greater than any synthetic (wall-clock) id already sent. Injected events reuse
 //!   the connection's last id and never shift the ids of the log.

@@ -169,7 +169,8 @@ impl EventKind {
     }
 }
 
-/// Which payload shape a data event has (§2.3, §2.4).
+/// Which payload shape a data event has (docs/opencti-protocol.md#data-events,
+/// docs/opencti-protocol.md#dependency-and-recovery-events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Role {

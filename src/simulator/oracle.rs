@@ -1,5 +1,5 @@
 //! The oracle: checks an export (the NDJSON lines an exporter produced, in file order) against
-//! what the simulator served. It is how tests prove invariant 2 of DESIGN.md ("no loss; in
+//! what the simulator served. It is how tests prove docs/architecture.md#invariant-2 ("no loss; in
 //! arrival order; duplicates only where the server itself sent an event again").
 //!
 //! Checks, on the identity of each event ([`IdentityKey`]: SSE id, event name, dependency /
@@ -68,9 +68,9 @@ pub(crate) fn expectation(
 }
 
 /// True when a recovery connection after `first` resumed at or before `key` (recovery reads
-/// `updated_at >= start`, §2.2) and its plan no longer holds it: the object changed (or was
-/// deleted) by live events meanwhile, so the platform sends it to nobody as a recovery object
-/// any more, and its live events (expected as such) carry its later states.
+/// `updated_at >= start`, docs/opencti-protocol.md#event-ids) and its plan no longer holds it: the
+/// object changed (or was deleted) by live events meanwhile, so the platform sends it to nobody as
+/// a recovery object any more, and its live events (expected as such) carry its later states.
 fn dropped_by_a_later_recovery(served: &ServedLog, first: u64, key: &IdentityKey) -> bool {
     served.accepted().any(|c| {
         c.number > first

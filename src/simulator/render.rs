@@ -1,6 +1,8 @@
-//! Renders objects and events exactly in OpenCTI's shapes (§2.1 framing, §2.3 payloads, §2.4
-//! dependency and recovery payloads, §2.6 STIX with the OCTI and SCO extensions), straight into
-//! byte buffers: no `serde_json::Value` tree, about a microsecond per event.
+//! Renders objects and events exactly in OpenCTI's shapes (docs/opencti-protocol.md#sse-framing
+//! framing, docs/opencti-protocol.md#data-events payloads,
+//! docs/opencti-protocol.md#dependency-and-recovery-events dependency and recovery payloads,
+//! docs/opencti-protocol.md#stix-objects STIX with the OCTI and SCO extensions), straight into byte
+//! buffers: no `serde_json::Value` tree, about a microsecond per event.
 
 use super::model::{EventKind, StixId, StixType};
 use super::rng::{SplitMix, derive, uuid_v4, uuid_v5};

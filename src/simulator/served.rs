@@ -26,7 +26,8 @@ impl ServedLog {
     }
 }
 
-/// The request headers and parameters of interest (§1.2, §1.3). Never holds the token.
+/// The request headers and parameters of interest (docs/opencti-protocol.md#stream-parameters,
+/// docs/opencti-protocol.md#pycti-request). Never holds the token.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
     /// The request path (without the query).

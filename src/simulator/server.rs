@@ -1,5 +1,7 @@
-//! The HTTP side: accept loop, routing, authentication and error statuses (§1.5),
-//! `/storage/get/…` (§4.2) and `/graphql` (§3.4).
+//! The HTTP side: accept loop, routing, authentication and error statuses
+//! (docs/opencti-protocol.md#auth-and-errors), `/storage/get/…`
+//! (docs/opencti-protocol.md#attached-files) and `/graphql`
+//! (docs/opencti-protocol.md#state-storage).
 
 use std::convert::Infallible;
 use std::io;
@@ -250,7 +252,8 @@ async fn stream_route<B>(
         fail(status)
     };
 
-    // §1.5: the collection is looked up before the token is checked.
+    // docs/opencti-protocol.md#auth-and-errors: the collection is looked up before the token is
+    // checked.
     let stream = match &stream_id {
         None => None,
         Some(id) => match shared.config.streams.iter().find(|s| &s.id == id) {

@@ -5,7 +5,8 @@
 //! every connection (a bounded cache); a connection that needs no dependency event sends slices
 //! of that buffer without copying. Backpressure: the body is a bounded channel that hyper drains
 //! as the socket takes bytes; a full channel suspends the producer (and its heartbeats, as the
-//! real server skips heartbeats while its socket buffer is full, §2.5).
+//! real server skips heartbeats while its socket buffer is full,
+//! docs/opencti-protocol.md#heartbeats).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -481,8 +482,9 @@ impl Session {
         }
     }
 
-    /// An idle connection on a wall-clock simulator advances its id to `<now>-0` (§2.2). The
-    /// clock lock makes this and `append_live_events` exclusive, so appended ids stay greater.
+    /// An idle connection on a wall-clock simulator advances its id to `<now>-0`
+    /// (docs/opencti-protocol.md#event-ids). The clock lock makes this and `append_live_events`
+    /// exclusive, so appended ids stay greater.
     fn advance_idle_id(&mut self) {
         if !self.shared.config.clock.wall_clock_idle_ids {
             return;

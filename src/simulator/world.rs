@@ -214,7 +214,7 @@ impl World {
         let mut ms = start;
         for k in 0..count {
             // Every seventh object shares its millisecond with the previous one, so recovery
-            // ids repeat as they do on a real platform (§2.2).
+            // ids repeat as they do on a real platform (docs/opencti-protocol.md#event-ids).
             if k % 7 != 6 {
                 ms = start + k * step + self.rng.below(step.max(1));
             }
@@ -422,7 +422,8 @@ impl World {
         }
     }
 
-    /// `import/<EntityType>/<internal id>/<name>`: the file id, after `/storage/get/` (§4.2).
+    /// `import/<EntityType>/<internal id>/<name>`: the file id, after `/storage/get/`
+    /// (docs/opencti-protocol.md#attached-files).
     pub fn file_path(&self, object: u32, spec: &FileSpec) -> String {
         let o = &self.objects[object as usize];
         let mut internal = Vec::with_capacity(36);
@@ -688,9 +689,10 @@ impl World {
         }
     }
 
-    /// The recovery set (§2.4) for a connection arriving when the log has `head` events: every
-    /// object existing then whose `updated_at` lies in `[from_ms, to_ms]`, ordered by
-    /// `updated_at` then internal id. Costs one pass over all objects plus a sort.
+    /// The recovery set (docs/opencti-protocol.md#dependency-and-recovery-events) for a connection
+    /// arriving when the log has `head` events: every object existing then whose `updated_at` lies
+    /// in `[from_ms, to_ms]`, ordered by `updated_at` then internal id. Costs one pass over all
+    /// objects plus a sort.
     pub fn recovery_plan(&self, head: u32, from_ms: u64, to_ms: u64) -> Vec<(u64, u32)> {
         let mut plan: Vec<(u64, u128, u32)> = (0..self.objects.len() as u32)
             .filter(|&i| self.exists(i, head))

@@ -1,5 +1,6 @@
 //! Object names: `{folder}/stream_{ts}_{N}.json`, as the stock exporter writes them and the stock
-//! importer parses them (reference §4.1, §5.2).
+//! importer parses them (docs/opencti-protocol.md#stock-exporter-flow,
+//! docs/opencti-protocol.md#importer-listing).
 
 /// How uploaded objects are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,10 +39,10 @@ pub fn object_key(folder: &str, ts_ms: u64, number: u64, compression: Compressio
     }
 }
 
-/// The file number of `key` as the stock importer reads it (§5.2:
-/// `int(key.split("_")[-1].split(".")[0])`): the digits after the last `_` and before the next
-/// `.`. `None` when they are not a plain decimal number (the importer would stop on a
-/// `ValueError`).
+/// The file number of `key` as the stock importer reads it
+/// (docs/opencti-protocol.md#importer-listing: `int(key.split("_")[-1].split(".")[0])`): the digits
+/// after the last `_` and before the next `.`. `None` when they are not a plain decimal number (the
+/// importer would stop on a `ValueError`).
 pub fn file_number(key: &str) -> Option<u64> {
     let last = key.rsplit('_').next()?;
     let digits = last.split('.').next()?;

@@ -6,9 +6,9 @@
 //! classified [`SinkError`]; it never sleeps, never retries, never reorders. The uploader
 //! (`pipeline::uploader`) owns the policy: it uploads sealed segments strictly in order, retries
 //! forever with backoff, and marks a segment done only after [`Sink::put`] returned `Ok`. Keeping
-//! the policy in one place is what lets the pipeline keep DESIGN.md's invariant 3 ("file N+1 is
-//! never visible before file N's upload succeeded; after a crash a re-upload of N uses the same
-//! key and the same bytes").
+//! the policy in one place is what lets the pipeline keep docs/architecture.md#invariant-3 ("file
+//! N+1 is never visible before file N's upload succeeded; after a crash a re-upload of N uses the
+//! same key and the same bytes").
 //!
 //! # What "done" means
 //!

@@ -513,7 +513,8 @@ pub(super) fn network_detail(error: reqwest::Error) -> String {
 }
 
 /// `HTTP 401 You are not authorized, ...`: the status and the server's own reason phrase (where
-/// OpenCTI puts its error text, §1.5), or the standard phrase when there is none (HTTP/2).
+/// OpenCTI puts its error text, docs/opencti-protocol.md#auth-and-errors), or the standard phrase
+/// when there is none (HTTP/2).
 fn status_detail(response: &reqwest::Response) -> String {
     let status = response.status();
     let phrase = response

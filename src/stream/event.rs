@@ -1,4 +1,5 @@
-//! What each SSE event means for the exporter (reference §2.1, §3.2), in one place.
+//! What each SSE event means for the exporter (docs/opencti-protocol.md#sse-framing,
+//! docs/opencti-protocol.md#pycti-event-dispatch), in one place.
 //!
 //! | event | with id | effect |
 //! |---|---|---|
@@ -13,7 +14,7 @@
 //! a dead letter: it is never silently dropped, and never moves the cursor. A control event that
 //! lacks the id it needs is skipped, as pycti does. An exported event whose id is not a
 //! `<ms>-<seq>` stream id is exported with `holds_cursor: false` (resuming from such an id would
-//! make the server start "now", §1.2, and lose events).
+//! make the server start "now", docs/opencti-protocol.md#stream-parameters, and lose events).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -328,7 +329,7 @@ pub fn finish_files(
     }
 }
 
-/// `<digits>-<digits>`, the shape of a Redis stream id (§2.2).
+/// `<digits>-<digits>`, the shape of a Redis stream id (docs/opencti-protocol.md#event-ids).
 pub fn is_stream_id(id: &str) -> bool {
     EventId::parse(id).is_some()
 }

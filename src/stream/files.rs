@@ -1,5 +1,6 @@
-//! Downloads of attached files from OpenCTI's `/storage/get/` (reference §4.2), bounded in number,
-//! size and time. Which uris may be fetched is decided by [`crate::transform::files::storage_url`].
+//! Downloads of attached files from OpenCTI's `/storage/get/`
+//! (docs/opencti-protocol.md#attached-files), bounded in number, size and time. Which uris may be
+//! fetched is decided by [`crate::transform::files::storage_url`].
 //!
 //! - **Retries**: a transient failure (network error, timeout, HTTP 5xx, 408, 429) is retried with
 //!   backoff and full jitter ([`Backoff`]) until [`FileSettings::retry_max`] has passed since the

@@ -1,18 +1,23 @@
 //! The OpenCTI side of the pipeline: the live-stream client and what it hands to the pipeline.
 //!
-//! [`client::run`] connects to `{OPENCTI_URL}/stream/{id}` (reference §1), frames the body with
-//! [`sse::SseFramer`] (§2.1), turns each event into a [`StreamItem`] ([`event`], §2–§3.2, with the
-//! exported line built by [`crate::transform`], §4.2–§4.3) and sends the items, **in arrival
-//! order**, into the pipeline's bounded channel. Reconnection is ours: every connection resumes
-//! from the position the pipeline answers to [`StreamItem::Sync`], i.e. from the durable cursor,
-//! never from a position this module remembers on its own.
+//! [`client::run`] connects to `{OPENCTI_URL}/stream/{id}`
+//! (docs/opencti-protocol.md#live-stream-http), frames the body with
+//! [`sse::SseFramer`] (docs/opencti-protocol.md#sse-framing), turns each event into a
+//! [`StreamItem`] ([`event`], docs/opencti-protocol.md#sse-wire-format and
+//! docs/opencti-protocol.md#pycti-listen-stream, with the exported line built by
+//! [`crate::transform`], docs/opencti-protocol.md#attached-files and
+//! docs/opencti-protocol.md#exported-line) and sends the items, **in arrival order**, into the
+//! pipeline's bounded channel. Reconnection is ours: every connection resumes from the position the
+//! pipeline answers to [`StreamItem::Sync`], i.e. from the durable cursor, never from a position
+//! this module remembers on its own.
 //!
-//! Invariants of DESIGN.md kept here:
+//! Invariants of docs/architecture.md#invariants kept here:
 //! - **1 (durable before acknowledged)**: the client never chooses a resume position; before every
 //!   (re)connection it sends [`StreamItem::Sync`] and waits until the pipeline has made every
-//!   earlier item durable and answered with the [`ResumePosition`]. A dependency event (§2.4)
-//!   shares its id with the event that follows it, so it is exported with
-//!   `holds_cursor: false`: its id must not become the cursor on its own account.
+//!   earlier item durable and answered with the [`ResumePosition`]. A dependency event
+//!   (docs/opencti-protocol.md#dependency-and-recovery-events) shares its id with the event that
+//!   follows it, so it is exported with `holds_cursor: false`: its id must not become the cursor on
+//!   its own account.
 //! - **2 (no loss)**: every `create`/`update`/`delete`/`merge` the server sends becomes exactly one
 //!   [`StreamItem::Export`] or [`StreamItem::DeadLetter`], in arrival order, even while file
 //!   downloads for earlier events are still running; an event cut by a disconnect is discarded
@@ -53,8 +58,9 @@ pub enum StreamItem {
         action: Action,
         /// The NDJSON line, without its trailing `\n`.
         line: Bytes,
-        /// False for a dependency event (`origin.referer == "init-dependencies"`, §2.4) and for an
-        /// id that is not a `<ms>-<seq>` stream id: the cursor must not move to `id` on its account.
+        /// False for a dependency event (`origin.referer == "init-dependencies"`,
+        /// docs/opencti-protocol.md#dependency-and-recovery-events) and for an id that is not a
+        /// `<ms>-<seq>` stream id: the cursor must not move to `id` on its account.
         holds_cursor: bool,
     },
     /// `heartbeat` / `consumer_metrics`: the cursor may move to `id` once everything before it
@@ -88,13 +94,15 @@ pub enum StreamItem {
 /// Where the next connection starts, as decided by the pipeline from its durable state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResumePosition {
-    /// Sent as `Last-Event-ID` (as pycti does, §1.3); `None` or empty sends no header (live "now").
+    /// Sent as `Last-Event-ID` (as pycti does, docs/opencti-protocol.md#pycti-request); `None` or
+    /// empty sends no header (live "now").
     pub cursor: Option<String>,
-    /// Sent percent-encoded as `?recover=` (§1.4); `None` sends no recovery bound.
+    /// Sent percent-encoded as `?recover=` (docs/opencti-protocol.md#start-position); `None` sends
+    /// no recovery bound.
     pub recover_until: Option<String>,
 }
 
-/// The data event kinds that are exported (§2.1).
+/// The data event kinds that are exported (docs/opencti-protocol.md#sse-framing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     /// `create` (also dependency and recovery events).

@@ -1,4 +1,5 @@
-//! The stream request, as pycti sends it (reference §1.3), with the start position of §1.4.
+//! The stream request, as pycti sends it (docs/opencti-protocol.md#pycti-request), with the start
+//! position of docs/opencti-protocol.md#start-position.
 
 use reqwest::Url;
 use reqwest::header::{
@@ -24,7 +25,8 @@ pub enum RequestError {
     InvalidToken,
 }
 
-/// Values of `recover_until` that pycti treats as "no recovery" (§1.3).
+/// Values of `recover_until` that pycti treats as "no recovery"
+/// (docs/opencti-protocol.md#pycti-request).
 const NO_RECOVERY_VALUES: [&str; 6] = ["no", "none", "No", "None", "false", "False"];
 
 /// `{base}/stream/{id}` (or `{base}/stream` without an id), plus `?recover=<percent-encoded>`

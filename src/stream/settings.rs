@@ -41,7 +41,7 @@ pub struct StreamSettings {
     pub files: FileSettings,
 }
 
-/// Settings of file downloads from `/storage/get` (§4.2).
+/// Settings of file downloads from `/storage/get` (docs/opencti-protocol.md#attached-files).
 #[derive(Debug, Clone)]
 pub struct FileSettings {
     /// Downloads running at the same time, over all events. Default 4.

@@ -1,5 +1,6 @@
 //! Server-Sent Events framing over raw bytes, following the WHATWG "event stream interpretation"
-//! rules, built to keep DESIGN invariant 7 (bad input is contained) at the first byte we read.
+//! rules, built to keep docs/architecture.md#invariant-7 (bad input is contained) at the first byte
+//! we read.
 //!
 //! [`SseFramer`] is a pure push parser: feed it the body chunks as they arrive with
 //! [`SseFramer::push`], collect the [`SseFrame`]s it completes, and call [`SseFramer::finish`] at

@@ -17,7 +17,8 @@ pub enum ReconnectReason {
     Eof,
     /// Connecting or reading failed (refused, reset, TLS, timeout of the headers).
     Network,
-    /// HTTP 401 or 403 (bad token, unknown or restricted stream, §1.5).
+    /// HTTP 401 or 403 (bad token, unknown or restricted stream,
+    /// docs/opencti-protocol.md#auth-and-errors).
     Unauthorized,
     /// HTTP 410 (stream stopped).
     Gone,
@@ -83,7 +84,8 @@ impl ReconnectReason {
     ];
 }
 
-/// The last `consumer_metrics` event (SSE-CM, §2.1), as sent by the server.
+/// The last `consumer_metrics` event (SSE-CM, docs/opencti-protocol.md#sse-framing), as sent by the
+/// server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConsumerMetrics {
@@ -101,7 +103,8 @@ pub struct ConsumerMetrics {
     pub estimated_out_of_depth: f64,
 }
 
-/// The last `connected` event (§2.1): what the server says about the stream.
+/// The last `connected` event (docs/opencti-protocol.md#sse-framing): what the server says about
+/// the stream.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ConnectedInfo {

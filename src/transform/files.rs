@@ -1,5 +1,5 @@
-//! Files attached to an object (reference §4.2): where the stock exporter finds them, how their
-//! content is embedded, and which `uri`s we agree to download at all.
+//! Files attached to an object (docs/opencti-protocol.md#attached-files): where the stock exporter
+//! finds them, how their content is embedded, and which `uri`s we agree to download at all.
 //!
 //! Location, as pycti's `get_attribute_in_extension("files", data)`: the `files` member of the
 //! OpenCTI extension if present, else of the SCO extension, else `data.files`. Every entry of that
@@ -22,9 +22,9 @@ use serde_json::value::RawValue;
 
 use super::json::{self, Pairs};
 
-/// The id of the main OpenCTI STIX extension (§2.6).
+/// The id of the main OpenCTI STIX extension (docs/opencti-protocol.md#stix-objects).
 pub const OCTI_EXTENSION: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
-/// The id of the OpenCTI extension of cyber observables (§2.6).
+/// The id of the OpenCTI extension of cyber observables (docs/opencti-protocol.md#stix-objects).
 pub const SCO_EXTENSION: &str = "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82";
 
 const STORAGE_GET: &str = "storage/get";

@@ -1,19 +1,20 @@
-//! The exported line (reference §4.3): an SSE data event turned into one NDJSON line as the stock
-//! stream-exporter writes it, so that the stock stream-importer and worker read it unchanged.
+//! The exported line (docs/opencti-protocol.md#exported-line): an SSE data event turned into one
+//! NDJSON line as the stock stream-exporter writes it, so that the stock stream-importer and worker
+//! read it unchanged.
 //!
 //! The line is the SSE JSON payload, with, in Python dict insertion order:
 //! - `id` set to the SSE id (in place if the payload had an `id`, else appended);
-//! - `type` set to the SSE event name, **not** the payload's own `type` (§2.3: an update that makes
-//!   an object visible arrives as event `create` with `type: "update"`), in place or appended
-//!   after `id`;
+//! - `type` set to the SSE event name, **not** the payload's own `type`
+//!   (docs/opencti-protocol.md#data-events: an update that makes an object visible arrives as event
+//!   `create` with `type: "update"`), in place or appended after `id`;
 //! - `previous_standard` set to the `value` of the single `reverse_patch` op whose `path` is `/id`,
 //!   for an `update` only, and only when there is exactly one such op;
-//! - the files of `data` with their content embedded as base64 (see [`files`], §4.2).
+//! - the files of `data` with their content embedded as base64 (see [`files`],
+//!   docs/opencti-protocol.md#attached-files).
 //!
 //! Every line is one JSON object, UTF-8, without a raw `\n` and without duplicate keys at any depth
-//! (DESIGN: "A line is one JSON object with no duplicate keys and no raw newline"). Non-ASCII text
-//! stays UTF-8 (Python would escape it; the importer and the worker decode both), separators are
-//! compact.
+//! (docs/architecture.md#exported-line-shape). Non-ASCII text stays UTF-8 (Python would escape
+//! it; the importer and the worker decode both), separators are compact.
 //!
 //! Cost: the hot path never builds a `serde_json::Value` tree. The payload is checked as UTF-8,
 //! scanned once for possible duplicate keys ([`json::needs_canonical_form`]), split into its
@@ -89,7 +90,8 @@ pub const SLOW_PATH_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub struct ExportLine {
     /// The NDJSON line, without its trailing `\n`.
     pub line: Bytes,
-    /// False for a dependency event (`origin.referer == "init-dependencies"`, §2.4).
+    /// False for a dependency event (`origin.referer == "init-dependencies"`,
+    /// docs/opencti-protocol.md#dependency-and-recovery-events).
     pub holds_cursor: bool,
 }
 
@@ -121,7 +123,8 @@ impl PendingFiles {
         &self.files
     }
 
-    /// False for a dependency event (`origin.referer == "init-dependencies"`, §2.4).
+    /// False for a dependency event (`origin.referer == "init-dependencies"`,
+    /// docs/opencti-protocol.md#dependency-and-recovery-events).
     pub fn holds_cursor(&self) -> bool {
         self.holds_cursor
     }
@@ -340,7 +343,9 @@ fn may_reference_files(data: &RawValue) -> bool {
     memchr::memmem::find(text, b"\"files\"").is_some() || memchr::memchr(b'\\', text).is_some()
 }
 
-/// `origin.referer == "init-dependencies"` (§2.4), looked up only when the text could say so.
+/// `origin.referer == "init-dependencies"`
+/// (docs/opencti-protocol.md#dependency-and-recovery-events), looked up only when the text could
+/// say so.
 fn is_dependency(pairs: &Pairs<'_>) -> bool {
     let Some(origin) = json::member(pairs, "origin") else {
         return false;

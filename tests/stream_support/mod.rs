@@ -37,7 +37,8 @@ impl Seen {
 
 /// How the stand-in answers one request.
 pub enum Reply {
-    /// A status with an empty body and this reason phrase (OpenCTI's error style, §1.5).
+    /// A status with an empty body and this reason phrase (OpenCTI's error style,
+    /// docs/opencti-protocol.md#auth-and-errors).
     Status(u16, &'static str),
     /// A 200 event stream made of these chunks, then closed or left open forever.
     Events { chunks: Vec<Bytes>, end: End },
@@ -200,7 +201,7 @@ fn respond(reply: Reply) -> Response {
     response
 }
 
-/// One SSE event as OpenCTI writes it (§2.1).
+/// One SSE event as OpenCTI writes it (docs/opencti-protocol.md#sse-framing).
 pub fn sse(id: Option<&str>, event: &str, data: &str) -> String {
     let mut out = String::new();
     if let Some(id) = id {

@@ -624,9 +624,10 @@ impl Export {
     /// As [`Export::assert_importable`], except that a line whose id is before the previous
     /// line's is accepted when that id was already exported: the server sent it again after a
     /// reconnection. A connection resumed in the middle of recovery starts again at the boundary
-    /// object, inclusive (reference §2.2), with its dependencies again (§2.4, they are sent once
-    /// per connection), while dependencies of the next object, with a later id, may already be
-    /// durable. The importer does not look at ids; the simulator's oracle checks what was served.
+    /// object, inclusive (docs/opencti-protocol.md#event-ids), with its dependencies again
+    /// (docs/opencti-protocol.md#dependency-and-recovery-events, they are sent once per
+    /// connection), while dependencies of the next object, with a later id, may already be durable.
+    /// The importer does not look at ids; the simulator's oracle checks what was served.
     pub fn assert_importable_with_replays(&self, extension: &str) {
         self.check_files(extension);
         let mut first_line = BTreeMap::new();

@@ -1,6 +1,7 @@
 //! The append handle: how records and state changes reach the writer thread.
 //!
-//! Invariant kept here with the writer (DESIGN.md 1, "durable before acknowledged"): a
+//! Invariant kept here with the writer (docs/architecture.md#invariant-1, "durable before
+//! acknowledged"): a
 //! [`PendingAppend`] resolves `Ok` only after the commit holding its group was flushed by sled
 //! and its files fsynced. Requests are queued in call order and complete in that order.
 

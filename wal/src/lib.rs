@@ -82,16 +82,17 @@
 //!
 //! # Invariants
 //!
-//! - Durable before acknowledged (DESIGN.md 1): a [`PendingAppend`] resolves `Ok` only after the
-//!   flush and fsync of the commit holding it; the state's cursor moves in that same commit.
+//! - Durable before acknowledged (docs/architecture.md#invariant-1): a [`PendingAppend`] resolves
+//!   `Ok` only after the flush and fsync of the commit holding it; the state's cursor moves in that
+//!   same commit.
 //! - Prefix and atomicity: a group is in one sled batch; commits are sequential; a failed commit
 //!   poisons the WAL so nothing after it is acknowledged.
 //! - No loss, no duplicate: a record leaves the unsealed backlog only in the commit that registers
 //!   the segment holding it (its frame is removed later, once below the first unsealed position),
 //!   and a segment entry only after its upload.
-//! - Gapless, ordered segments (DESIGN.md 3): numbers from the state, +1 per seal; timestamps
-//!   `max(now, last + 1)`, 13 digits; entries always form a consecutive run; only the oldest can be
-//!   marked uploaded; a registered segment's file was durable before its entry.
+//! - Gapless, ordered segments (docs/architecture.md#invariant-3): numbers from the state, +1 per
+//!   seal; timestamps `max(now, last + 1)`, 13 digits; entries always form a consecutive run; only
+//!   the oldest can be marked uploaded; a registered segment's file was durable before its entry.
 //! - Recovery: files without an entry are deleted at open; entries without a sound file are
 //!   reported (and refused by `open_segment` with [`WalError::SegmentDamaged`]), never dropped.
 //!

@@ -1,13 +1,13 @@
 //! Recovery at open: what the database and `segments/` hold after a stop or a crash, checked
 //! against each other.
 //!
-//! Invariant kept here (DESIGN.md 2 and 3): a crash can leave a segment file without an entry
-//! (written but not registered, or forgotten after upload but not deleted), sealed frames not
-//! removed yet, and a temporary segment file. Open deletes the files and schedules the frames for
-//! removal. It never drops an entry: an entry whose file is missing or damaged is reported (the
-//! daemon logs it loudly) and `open_segment` refuses it by name. Everything else that disagrees
-//! (gaps in segment numbers, frames that do not follow each other or the state) is corruption and
-//! fails the open.
+//! Invariant kept here (invariants 2 and 3, docs/architecture.md#invariants): a crash can leave a
+//! segment file without an entry (written but not registered, or forgotten after upload but not
+//! deleted), sealed frames not removed yet, and a temporary segment file. Open deletes the files
+//! and schedules the frames for removal. It never drops an entry: an entry whose file is missing or
+//! damaged is reported (the daemon logs it loudly) and `open_segment` refuses it by name.
+//! Everything else that disagrees (gaps in segment numbers, frames that do not follow each other or
+//! the state) is corruption and fails the open.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};

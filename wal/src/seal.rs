@@ -1,11 +1,11 @@
 //! Sealing: the oldest unsealed records become segment N.
 //!
-//! Invariant kept here (DESIGN.md 3, "gapless, ordered files"): a segment is registered only
-//! after its file is complete and durable (written under a temporary name, fsynced, renamed, the
-//! directory fsynced), and its registration and the move of the "first unsealed" position (which
-//! takes its records out of the backlog) are one atomic commit; the frames it emptied are removed
-//! by later commits. Numbers come from the state (`next_file_number`), timestamps are
-//! `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
+//! Invariant kept here (docs/architecture.md#invariant-3, "gapless, ordered files"): a segment is
+//! registered only after its file is complete and durable (written under a temporary name, fsynced,
+//! renamed, the directory fsynced), and its registration and the move of the "first unsealed"
+//! position (which takes its records out of the backlog) are one atomic commit; the frames it
+//! emptied are removed by later commits. Numbers come from the state (`next_file_number`),
+//! timestamps are `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
 //!
 //! Speed: a frame taken whole and large enough is copied into the segment as it is stored (a
 //! segment file is a sequence of zstd frames), so sealing costs one decompression and two MD5s

@@ -1,4 +1,5 @@
-//! What the WAL holds and how much disk it takes (DESIGN.md 6, "bounded disk").
+//! What the WAL holds and how much disk it takes (docs/architecture.md#invariant-6, "bounded
+//! disk").
 //!
 //! The WAL never refuses an append because of its budget: it reports, and the daemon stops
 //! reading the stream when [`DiskUsage::is_full`] says so. Counting is cheap: segment bytes are
