@@ -8,9 +8,10 @@
 //!
 //! 1. checks that file N is the oldest waiting and is really damaged (a sound file is refused:
 //!    nothing is thrown away that could still be uploaded);
-//! 2. writes `quarantine/file-N.json` in the WAL directory: the key, the number of events, and the
-//!    stream positions before and after them (`first_cursor`, `last_cursor`), so the lost range
-//!    can be exported again; then moves the damaged file next to it (kept for forensics);
+//! 2. writes `quarantine/file-N.json` (N in 20 digits) in the WAL directory: the key, the
+//!    number of events, and the stream positions before and after them (`first_cursor`,
+//!    `last_cursor`), so the lost range can be exported again; then moves the damaged file next
+//!    to it (kept for forensics);
 //! 3. uploads an **empty** object under file N's key, unless the destination already holds that
 //!    key (an upload that succeeded before the damage: then nothing was lost at all), so the
 //!    importer's numbering stays gapless (the stock importer reads an empty file as zero lines and
