@@ -65,7 +65,7 @@
 //!    on the writer thread's channel; the caller holds a [`PendingAppend`].
 //! 2. The writer's planner thread takes everything queued (up to `max_commit_bytes`), compresses
 //!    all records into one frame, and builds one sled batch: frame header, chunks, and the state
-//!    (cursor of the last group that set one, record and frame counters). Its committer thread
+//!    (cursor of the last group that set one, record and frame counters). Its syncer thread
 //!    applies the batch, flushes sled, fsyncs sled's files, publishes the new state, and completes
 //!    every request of the commit, in order. The planner compresses the next commit meanwhile.
 //! 3. [`Wal::seal`] takes the oldest unsealed records up to a byte limit (splitting a frame if

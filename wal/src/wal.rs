@@ -17,7 +17,7 @@ use crate::segment::{self, SegmentMeta, SegmentReader, StoredSegmentReader};
 use crate::state::{InitialState, StoredState, WalState};
 use crate::store::Store;
 use crate::usage::{self, Backlog, DiskUsage, WalStats};
-use crate::writer::{self, Committer, MAX_TS_MS, MIN_TS_MS, Planner, Request, Shared};
+use crate::writer::{self, MAX_TS_MS, MIN_TS_MS, Planner, Request, Shared, Syncer};
 
 /// The write-ahead log. Cheap to clone (an `Arc` inside), `Send + Sync`. The directory stays
 /// locked until the last clone and the last [`Appender`] are dropped; dropping them waits for
@@ -114,7 +114,7 @@ impl Wal {
             #[cfg(test)]
             faults: faults.clone(),
         };
-        let committer = Committer {
+        let syncer = Syncer {
             store: store.clone(),
             shared: shared.clone(),
             stats: stats.clone(),
@@ -122,7 +122,7 @@ impl Wal {
             faults: faults.clone(),
         };
         let (sender, receiver) = mpsc::channel();
-        let (planner, committer) = writer::spawn(planner, committer, receiver)
+        let (planner, syncer) = writer::spawn(planner, syncer, receiver)
             .map_err(|e| WalError::io("starting the writer threads for", dir.path(), e))?;
         tracing::info!(
             dir = %dir.path().display(),
@@ -136,8 +136,8 @@ impl Wal {
         let wal = Wal {
             inner: Arc::new(Inner {
                 sender: Some(sender),
-                // Joined in this order: the planner stops first, then the committer drains.
-                threads: vec![planner, committer],
+                // Joined in this order: the planner stops first, then the syncer drains.
+                threads: vec![planner, syncer],
                 store,
                 shared,
                 stats,

@@ -5,10 +5,10 @@
 //! - the **planner** (`wal-writer`) takes every request queued (up to `max_commit_bytes` of
 //!   records), validates them and builds one atomic batch: one compressed frame for all their
 //!   records, segment registrations and removals, and the state after them;
-//! - the **committer** (`wal-commit`) applies that batch, flushes and fsyncs, and only then
+//! - the **syncer** (`wal-sync`) applies that batch, flushes and fsyncs, and only then
 //!   publishes the new state and completes the requests, in queue order.
 //!
-//! While the committer syncs commit N, the planner compresses commit N+1 from what queued
+//! While the syncer syncs commit N, the planner compresses commit N+1 from what queued
 //! meanwhile, so compression (the main CPU cost) overlaps the flush and fsync wait, and one fsync
 //! serves every appender that arrived during the previous one. The planner plans on the state
 //! the previous plans lead to; if one of them fails, everything after it fails too (below).
@@ -21,8 +21,8 @@
 //! failed fsync the kernel's page cache can no longer be trusted to reflect the disk). After a
 //! reopen the commit is there whole or not at all.
 
-mod committer;
 mod planner;
+mod syncer;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -40,8 +40,8 @@ use crate::state::{InitialState, StoredState};
 use crate::store::WriteBatch;
 use crate::usage::{Backlog, WalStats};
 
-pub(crate) use committer::Committer;
 pub(crate) use planner::Planner;
+pub(crate) use syncer::Syncer;
 
 /// Smallest timestamp with 13 digits.
 pub(crate) const MIN_TS_MS: u64 = 1_000_000_000_000;
@@ -169,29 +169,29 @@ pub(crate) struct Faults {
     pub no_idle_gc: std::sync::atomic::AtomicBool,
 }
 
-/// A planned commit on its way to the committer, with the answers owed once it is durable.
+/// A planned commit on its way to the syncer, with the answers owed once it is durable.
 pub(crate) struct Planned {
     plan: Result<CommitPlan, WalError>,
     replies: Vec<Reply>,
     started: Instant,
 }
 
-/// Starts the planner and committer threads; they stop once every sender of `requests` is gone
+/// Starts the planner and syncer threads; they stop once every sender of `requests` is gone
 /// and what was queued is committed.
 pub(crate) fn spawn(
     planner: Planner,
-    committer: Committer,
+    syncer: Syncer,
     requests: mpsc::Receiver<Request>,
 ) -> std::io::Result<(JoinHandle<()>, JoinHandle<()>)> {
     // Depth one: one commit syncing, one planned and waiting, one being planned.
     let (planned_tx, planned_rx) = mpsc::sync_channel(1);
-    let committer = std::thread::Builder::new()
-        .name("wal-commit".into())
-        .spawn(move || committer.run(planned_rx))?;
+    let syncer = std::thread::Builder::new()
+        .name("wal-sync".into())
+        .spawn(move || syncer.run(planned_rx))?;
     let planner = std::thread::Builder::new()
         .name("wal-writer".into())
         .spawn(move || planner.run(requests, planned_tx))?;
-    Ok((planner, committer))
+    Ok((planner, syncer))
 }
 
 /// Everything one commit changes, built before anything is written.

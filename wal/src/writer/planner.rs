@@ -166,7 +166,7 @@ impl FrameBuffers {
 }
 
 impl Planner {
-    /// Plans commits until every sender is gone, then lets the committer finish.
+    /// Plans commits until every sender is gone, then lets the syncer finish.
     pub(super) fn run(
         mut self,
         requests: mpsc::Receiver<Request>,
@@ -216,7 +216,7 @@ impl Planner {
             let poisoned = lock(&self.shared).poisoned.clone();
             let mut replies = Vec::with_capacity(batch.len());
             let plan = match poisoned {
-                // Refused without planning; the committer answers, in order.
+                // Refused without planning; the syncer answers, in order.
                 Some(cause) => {
                     // Nothing will be written any more, removals included.
                     self.garbage.clear();
@@ -237,7 +237,7 @@ impl Planner {
                 started,
             };
             if let Err(mpsc::SendError(unsent)) = planned.send(planned_commit) {
-                // The committer is gone (it panicked): nobody can make these durable.
+                // The syncer is gone (it panicked): nobody can make these durable.
                 for reply in unsent.replies {
                     reply.fail_closed();
                 }

@@ -1,4 +1,4 @@
-//! The committer: applies planned commits in order, makes them durable (sled flush, then fsync),
+//! The syncer: applies planned commits in order, makes them durable (sled flush, then fsync),
 //! publishes them and answers their requests; the first failure poisons the WAL.
 
 use std::sync::mpsc;
@@ -13,8 +13,8 @@ use crate::usage::WalStats;
 /// How often the database size is measured when no seal or upload asks for it.
 const SIZE_REFRESH_EVERY: Duration = Duration::from_secs(1);
 
-/// The committer thread's state.
-pub(crate) struct Committer {
+/// The syncer thread's state.
+pub(crate) struct Syncer {
     pub store: Arc<Store>,
     pub shared: Arc<Mutex<Shared>>,
     pub stats: Arc<WalStats>,
@@ -22,7 +22,7 @@ pub(crate) struct Committer {
     pub faults: Arc<super::Faults>,
 }
 
-impl Committer {
+impl Syncer {
     /// Commits planned batches in order until the planner is gone.
     pub(super) fn run(self, planned: mpsc::Receiver<Planned>) {
         let mut poisoned: Option<Arc<WalError>> = None;
@@ -80,7 +80,7 @@ impl Committer {
                 reply.send(&self.stats);
             }
         }
-        tracing::debug!("WAL committer stopped");
+        tracing::debug!("WAL syncer stopped");
     }
 
     fn refresh_size(&self) {
