@@ -20,8 +20,8 @@
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
-use opencti_stream_exporter::stream::Action;
 use opencti_stream_exporter::stream::sse::{SseFrame, SseFramer};
+use opencti_stream_exporter::transform::Action;
 use opencti_stream_exporter::transform::{TransformOptions, Transformed, transform};
 
 const FIXTURE: &[u8] = include_bytes!("../tests/fixtures/sample-events.sse");

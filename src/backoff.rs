@@ -1,9 +1,10 @@
 //! Exponential backoff with full jitter, shared by every retry loop (stream reconnection, uploads,
-//! OpenCTI API calls).
+//! OpenCTI API calls), and the cancellable sleep they wait with.
 
 use std::time::Duration;
 
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff with "full jitter": the n-th delay is uniform in
 /// `[0, min(cap, base * 2^n)]`, so many clients retrying after the same outage spread out instead
@@ -47,6 +48,14 @@ impl Backoff {
     /// Starts again from `base`, after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// Sleeps for `delay` unless `cancel` fires first; returns whether it was cancelled.
+pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = cancel.cancelled() => true,
     }
 }
 

@@ -17,12 +17,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wal::{Group, RecoverUntil, RecoveryReport, StateChange, Wal, WalOptions};
 
-use crate::adopt;
 use crate::config::{Config, Destination};
 use crate::opencti_api::{
     self, ApiContext, ApiSettings, ApiStats, DEFAULT_CALL_TIMEOUT, GraphqlClient, ResetRequest,
 };
-use crate::ops::{self, DaemonView};
+use crate::ops;
+use crate::pipeline::adopt;
 use crate::pipeline::compactor::CompactorSettings;
 use crate::pipeline::uploader::UploaderSettings;
 use crate::pipeline::{
@@ -31,6 +31,7 @@ use crate::pipeline::{
 use crate::sink::{DirSink, S3Settings, S3Sink, Sink};
 use crate::stream::{FileSettings, StreamSettings, redirect_policy};
 use crate::transform::TransformOptions;
+use crate::view::DaemonView;
 
 /// `User-Agent` of every request to OpenCTI.
 pub const USER_AGENT: &str = concat!("opencti-stream-exporter/", env!("CARGO_PKG_VERSION"));

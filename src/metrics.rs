@@ -15,8 +15,6 @@
 //! Secrets (docs/architecture.md#invariant-8): no label or value comes from a secret; label values
 //! are the connector name, actions, reasons and outcomes.
 
-pub mod histogram;
-
 use std::fmt::{self, Write as _};
 
 use prometheus_client::collector::Collector;
@@ -26,11 +24,11 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::Ordering::Relaxed;
 use wal::RecoverUntil;
 
+use crate::histogram::{Buckets, Histogram};
 use crate::ids::{EventId, now_ms, parse_iso_ms};
-use crate::ops::DaemonView;
-use crate::stream::Action;
 use crate::stream::stats::ReconnectReason;
-use histogram::{Buckets, Histogram};
+use crate::transform::Action;
+use crate::view::DaemonView;
 
 /// `Content-Type` of the `/metrics` answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -246,13 +244,7 @@ fn encode_all(view: &DaemonView, out: &mut Out<'_, '_>) -> fmt::Result {
         .map(|id| id.ms);
 
     // The stock exporter's metrics.
-    let actions = [
-        Action::Create,
-        Action::Update,
-        Action::Delete,
-        Action::Merge,
-    ];
-    let processed: Vec<_> = actions
+    let processed: Vec<_> = Action::ALL
         .iter()
         .map(|action| {
             (
@@ -521,7 +513,7 @@ pub fn catalogue_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_view;
+    use crate::view::test_view;
 
     #[test]
     fn a_scrape_writes_every_family_of_the_catalogue_in_order() {
@@ -572,7 +564,7 @@ mod tests {
 mod readme {
     #[test]
     fn the_readme_shows_the_metric_catalogue() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../README.md");
         assert!(
             readme.contains(&super::catalogue_markdown()),
             "README.md's metric table differs from metrics::CATALOGUE; paste catalogue_markdown()"

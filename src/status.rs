@@ -6,9 +6,9 @@
 use serde::{Deserialize, Serialize};
 use wal::{RecoverUntil, Wal};
 
-use crate::adopt::Adopted;
-use crate::commands::quarantine::{self, QuarantineRecord};
 use crate::ids::{EventId, iso};
+use crate::pipeline::adopt::Adopted;
+use crate::quarantine::{self, QuarantineRecord};
 use crate::stream::missing;
 
 /// A snapshot of the exporter's durable state.
@@ -173,7 +173,7 @@ impl StatusReport {
                 })
                 .collect(),
             quarantined_files: quarantine::records(wal.dir()),
-            adopted: crate::adopt::adopted(wal),
+            adopted: crate::pipeline::adopt::adopted(wal),
             missing_files: MissingFilesStatus {
                 records: missing::count(wal.dir()),
                 path: wal.dir().join(missing::FILE_NAME).display().to_string(),

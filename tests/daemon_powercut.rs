@@ -280,7 +280,7 @@ fn a_dead_letter_entry_survives_a_power_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs FUSE (/dev/fuse and fusermount3)"]
 async fn a_quarantined_file_and_its_record_survive_a_power_cut() {
-    use opencti_stream_exporter::commands::quarantine::record_path;
+    use opencti_stream_exporter::quarantine::record_path;
     let (_disk, mut fs, wal_dir) = mounted_with_wal_dir();
     let sim = start_simulator(simulator_config(12, 1_200)).await;
     let s3 = TestS3::start();

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
+use opencti_stream_exporter::budget::Budget;
 use opencti_stream_exporter::opencti_api::{
     self, ApiContext, ApiSettings, ApiStats, GraphqlClient, ResetRequest,
 };
-use opencti_stream_exporter::pipeline::budget::Budget;
 use opencti_stream_exporter::secret::Secret;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;

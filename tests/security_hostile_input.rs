@@ -14,8 +14,8 @@
 //! Inputs a fuzzer found are kept below as named regression cases.
 
 use bytes::Bytes;
-use opencti_stream_exporter::stream::Action;
 use opencti_stream_exporter::stream::sse::{SseFrame, SseFramer};
+use opencti_stream_exporter::transform::Action;
 use opencti_stream_exporter::transform::{TransformOptions, Transformed, transform};
 use proptest::prelude::*;
 

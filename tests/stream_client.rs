@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use opencti_stream_exporter::stream::ResumePosition;
 use opencti_stream_exporter::stream::stats::ReconnectReason;
-use opencti_stream_exporter::stream::{Action, ResumePosition};
+use opencti_stream_exporter::transform::Action;
 use stream_support::*;
 
 fn position(cursor: &str) -> ResumePosition {

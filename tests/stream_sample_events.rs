@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use opencti_stream_exporter::stream::{Action, ResumePosition};
+use opencti_stream_exporter::stream::ResumePosition;
+use opencti_stream_exporter::transform::Action;
 use serde_json::{Map, Value};
 use stream_support::*;
 

@@ -4,7 +4,7 @@
 //! key's position, `id` and `type` set in place or appended, nothing else changed.
 
 use bytes::Bytes;
-use opencti_stream_exporter::stream::Action;
+use opencti_stream_exporter::transform::Action;
 use opencti_stream_exporter::transform::{TransformOptions, Transformed, transform};
 use proptest::prelude::*;
 use serde_json::{Map, Value};

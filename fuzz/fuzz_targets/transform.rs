@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use opencti_stream_exporter::stream::Action;
+use opencti_stream_exporter::transform::Action;
 use opencti_stream_exporter::transform::{TransformOptions, Transformed, transform};
 
 fuzz_target!(|data: &[u8]| {

@@ -45,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
 use crate::backoff::Backoff;
+use crate::backoff::sleep_or_cancel;
+use crate::budget::Budget;
 use crate::ids::now_ms;
-use crate::pipeline::budget::Budget;
-use crate::pipeline::compactor::sleep_or_cancel;
 pub use graphql::{ApiError, GraphqlClient};
 pub use state::{ConnectorState, PlatformState};
 pub use stats::ApiStats;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::DaemonView;
+use crate::view::DaemonView;
 
 /// How long a group may wait to be made durable before the daemon counts as wedged.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(120);
@@ -109,7 +109,7 @@ pub fn readiness(view: &DaemonView) -> Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_view;
+    use crate::view::test_view;
 
     #[test]
     fn a_group_waiting_too_long_to_be_durable_means_wedged() {

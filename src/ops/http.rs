@@ -28,13 +28,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::DaemonView;
 use super::auth::authorized;
 use super::connections::{self, ConnectionLimits};
 use super::health::{liveness, readiness};
 use crate::ids::now_ms;
 use crate::metrics::{self, Metrics};
 use crate::secret::Secret;
+use crate::view::DaemonView;
 
 /// The listening socket could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::DaemonView;
 use crate::ids::now_ms;
 use crate::status::human_bytes;
+use crate::view::DaemonView;
 
 /// How often the progress line is logged while a backlog drains.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -312,7 +312,7 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let view = crate::ops::test_view(dir.path());
+        let view = crate::view::test_view(dir.path());
         let line = bytes::Bytes::from(vec![b'x'; 1000]);
         for n in 0..5u64 {
             view.wal

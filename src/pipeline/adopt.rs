@@ -35,11 +35,11 @@ use tokio_util::sync::CancellationToken;
 use wal::{InitialState, RecoverUntil, Wal};
 
 use crate::backoff::Backoff;
+use crate::backoff::sleep_or_cancel;
 use crate::ids::{EventId, parse_position};
 use crate::opencti_api::state::StockState;
 use crate::opencti_api::{self, ApiSettings, GraphqlClient};
 use crate::pipeline::FirstStart;
-use crate::pipeline::compactor::sleep_or_cancel;
 use crate::pipeline::cursor::{CursorTracker, Observed};
 use crate::sink::{Sink, SinkError, SinkErrorKind, file_number};
 

@@ -32,12 +32,13 @@ use tokio::sync::{Notify, mpsc};
 use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
 
 use super::PipelineError;
-use super::budget::{Budget, WalFigures};
 use super::cursor::{CursorTracker, Observed};
 use super::dead_letter::{DeadLetterFile, OffRuntimeDeadLetters, WarnLimiter};
+use crate::budget::{Budget, WalFigures};
+use crate::histogram::{Histogram, Records, Seconds};
 use crate::ids::{EventId, now_ms};
-use crate::metrics::histogram::{Histogram, Records, Seconds};
-use crate::stream::{Action, ResumePosition, StreamItem};
+use crate::stream::{ResumePosition, StreamItem};
+use crate::transform::{Action, PerAction};
 
 /// Largest group the committer packs (raw bytes of its lines). One event bigger than this is a
 /// group of its own.
@@ -53,8 +54,8 @@ const MAX_IN_FLIGHT: usize = 2;
 /// Counters of the committer, read by metrics and status.
 #[derive(Debug, Default)]
 pub struct CommitterStats {
-    /// Exported events made durable, by action: create, update, delete, merge.
-    pub events: [AtomicU64; 4],
+    /// Exported events made durable, by action.
+    pub events: PerAction<AtomicU64>,
     /// Groups made durable.
     pub groups: AtomicU64,
     /// Events written to the dead-letter file.
@@ -76,16 +77,7 @@ pub struct CommitterStats {
 impl CommitterStats {
     /// Durable events of `action`.
     pub fn events_of(&self, action: Action) -> u64 {
-        self.events[action_index(action)].load(Ordering::Relaxed)
-    }
-}
-
-fn action_index(action: Action) -> usize {
-    match action {
-        Action::Create => 0,
-        Action::Update => 1,
-        Action::Delete => 2,
-        Action::Merge => 3,
+        self.events[action].load(Ordering::Relaxed)
     }
 }
 
@@ -96,7 +88,7 @@ struct Packing {
     raw_bytes: u64,
     cursor: Option<String>,
     changes: Vec<StateChange>,
-    actions: [u64; 4],
+    actions: PerAction<u64>,
 }
 
 impl Packing {
@@ -112,7 +104,7 @@ impl Packing {
 /// A group handed to the WAL, with what to count once it is durable.
 struct InFlight {
     pending: PendingAppend,
-    actions: [u64; 4],
+    actions: PerAction<u64>,
     cursor: Option<String>,
     submitted: Instant,
     submitted_unix_ms: u64,
@@ -241,7 +233,7 @@ impl Committer {
                 }
                 self.packing.raw_bytes += line.len() as u64 + 1;
                 self.packing.records.push(line);
-                self.packing.actions[action_index(action)] += 1;
+                self.packing.actions[action] += 1;
                 if self.packing.is_full() {
                     self.submit().await?;
                 }
@@ -378,8 +370,8 @@ impl Committer {
         self.budget.durable(done.raw_bytes);
         // The last commits in flight may have been all that held reading back.
         self.budget.refresh(|| WalFigures::of(&self.wal));
-        for (counter, count) in self.stats.events.iter().zip(done.actions) {
-            counter.fetch_add(count, Ordering::Relaxed);
+        for action in Action::ALL {
+            self.stats.events[action].fetch_add(done.actions[action], Ordering::Relaxed);
         }
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
         if let Some(ms) = done

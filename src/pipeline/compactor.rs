@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
 use super::PipelineError;
-use super::budget::Budget;
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, sleep_or_cancel};
+use crate::budget::Budget;
 use crate::ids::now_ms;
 
 /// Counters of the compactor.
@@ -119,12 +119,4 @@ pub async fn run(
         }
     }
     Ok(())
-}
-
-/// Sleeps for `delay` unless `cancel` fires first; returns whether it was cancelled.
-pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => false,
-        _ = cancel.cancelled() => true,
-    }
 }

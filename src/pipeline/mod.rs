@@ -7,7 +7,7 @@
 //! the compactor stops, and the uploader finishes its upload in flight within a grace period or
 //! abandons it (the next start uploads it again, same key and bytes).
 
-pub mod budget;
+pub mod adopt;
 pub mod committer;
 pub mod compactor;
 pub mod cursor;
@@ -23,9 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wal::{InitialState, RecoverUntil, Wal, WalError};
 
+use crate::budget::{self, Budget};
 use crate::sink::Sink;
 use crate::stream::{StreamError, StreamSettings, StreamStats};
-use budget::Budget;
 use committer::{Committer, CommitterStats};
 use compactor::{CompactorSettings, CompactorStats};
 use dead_letter::DeadLetterFile;

@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use wal::{SegmentMeta, Wal, WalError};
 
 use super::PipelineError;
-use super::budget::{Budget, WalFigures};
-use super::compactor::sleep_or_cancel;
 use crate::backoff::Backoff;
+use crate::backoff::sleep_or_cancel;
+use crate::budget::{Budget, WalFigures};
+use crate::histogram::{Histogram, Seconds};
 use crate::ids::now_ms;
-use crate::metrics::histogram::{Histogram, Seconds};
 use crate::sink::{BodySource, Compression, Sink, SinkError, SinkErrorKind, object_key};
 
 /// How files are named and encoded.
@@ -253,7 +253,7 @@ impl Uploader {
     /// upload, retrying until it answers; holds uploads while it holds a file number at or above
     /// this WAL's first one. Returns false if cancelled.
     async fn check_adopted_destination(&self, cancel: &CancellationToken) -> bool {
-        use crate::adopt::{DESTINATION_UNCHECKED_EXTRA, check_before_first_upload};
+        use crate::pipeline::adopt::{DESTINATION_UNCHECKED_EXTRA, check_before_first_upload};
         let mut backoff = Backoff::new(Duration::from_secs(1), self.settings.backoff_max);
         let mut logged: Option<String> = None;
         while self

@@ -26,9 +26,9 @@ use serde::Deserialize;
 use super::log_limit::LogLimiter;
 use super::sse::{OversizedEvent, SseEvent, SseFrame};
 use super::stats::{ConnectedInfo, ConsumerMetrics, StreamStats};
-use super::{Action, ResumePosition, StreamItem};
+use super::{ResumePosition, StreamItem};
 use crate::ids::EventId;
-use crate::transform::{self, PendingFiles, TransformOptions, Transformed};
+use crate::transform::{self, Action, PendingFiles, TransformOptions, Transformed};
 
 /// What to do with one frame.
 #[derive(Debug)]

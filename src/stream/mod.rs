@@ -42,6 +42,8 @@ pub mod stats;
 
 use bytes::Bytes;
 
+use crate::transform::Action;
+
 pub use client::{StreamError, run};
 pub use files::{FileFetcher, redirect_policy};
 pub use settings::{FileSettings, StreamSettings};
@@ -100,46 +102,4 @@ pub struct ResumePosition {
     /// Sent percent-encoded as `?recover=` (docs/opencti-protocol.md#start-position); `None` sends
     /// no recovery bound.
     pub recover_until: Option<String>,
-}
-
-/// The data event kinds that are exported (docs/opencti-protocol.md#sse-framing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// `create` (also dependency and recovery events).
-    Create,
-    /// `update`.
-    Update,
-    /// `delete`.
-    Delete,
-    /// `merge`.
-    Merge,
-}
-
-impl Action {
-    /// The action for an SSE event name, `None` for anything that is not a data event.
-    pub fn from_event_name(name: &[u8]) -> Option<Self> {
-        match name {
-            b"create" => Some(Self::Create),
-            b"update" => Some(Self::Update),
-            b"delete" => Some(Self::Delete),
-            b"merge" => Some(Self::Merge),
-            _ => None,
-        }
-    }
-
-    /// The SSE event name, which is also the exported line's `type`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::Delete => "delete",
-            Self::Merge => "merge",
-        }
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Deserialize;
 
-use super::Action;
+use crate::transform::{Action, PerAction};
 
 /// Why a connection ended or failed (one counter each in [`StreamStats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,7 @@ pub struct StreamStats {
     /// Connections that were answered with a 2xx event stream.
     pub connections: AtomicU64,
     reconnects: [AtomicU64; ReconnectReason::ALL.len()],
-    exported: [AtomicU64; 4],
+    exported: PerAction<AtomicU64>,
     /// `heartbeat` events received.
     pub heartbeats: AtomicU64,
     /// `consumer_metrics` events received.
@@ -187,12 +187,12 @@ impl StreamStats {
 
     /// Counts an exported event.
     pub fn count_export(&self, action: Action) {
-        self.exported[action as usize].fetch_add(1, Ordering::Relaxed);
+        self.exported[action].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Events exported with `action` (dead letters not included).
     pub fn exported(&self, action: Action) -> u64 {
-        self.exported[action as usize].load(Ordering::Relaxed)
+        self.exported[action].load(Ordering::Relaxed)
     }
 
     /// The last `consumer_metrics` received, if any.

@@ -28,13 +28,14 @@
 //! [`json::MAX_DEPTH`], or that needs the slow path and is larger than [`SLOW_PATH_MAX_BYTES`]:
 //! memory and stack stay bounded whatever the payload.
 
+mod action;
 pub mod files;
 pub mod json;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::stream::Action;
+pub use action::{Action, PerAction};
 use files::{FileRef, FilesLocation};
 use json::Pairs;
 

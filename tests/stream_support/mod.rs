@@ -14,8 +14,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use opencti_stream_exporter::secret::Secret;
 use opencti_stream_exporter::stream::{
-    Action, ResumePosition, StreamItem, StreamSettings, StreamStats, redirect_policy, run,
+    ResumePosition, StreamItem, StreamSettings, StreamStats, redirect_policy, run,
 };
+use opencti_stream_exporter::transform::Action;
 use reqwest::Url;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

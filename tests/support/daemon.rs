@@ -32,7 +32,7 @@ use opencti_stream_exporter::simulator::{
     DEFAULT_STREAM_ID, Simulator, SimulatorConfig, SimulatorHandle,
 };
 use opencti_stream_exporter::sink::{DirSink, S3Sink, Sink, file_number};
-use opencti_stream_exporter::stream::Action;
+use opencti_stream_exporter::transform::Action;
 use opencti_stream_exporter::transform::{TransformOptions, Transformed, transform};
 
 use super::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
