@@ -23,8 +23,8 @@
 //!
 //! The WAL measures its database after every seal and every upload it records, before it
 //! answers (wal `DiskUsage`): so when a seal or an upload returns, the measurement includes
-//! every commit that was durable before it was asked for ([`Budget::measure_mark`],
-//! [`Budget::measured`]). The measured size alone cannot tell: it often stays the same across
+//! every commit that was durable before it was asked for (`Budget::measure_mark`,
+//! `Budget::measured`). The measured size alone cannot tell: it often stays the same across
 //! measurements, the file growing in large steps.
 //!
 //! Waiting must always be able to free something, or reading would stay paused for good: when
@@ -44,8 +44,12 @@
 //! The filesystem's free space counts too: the WAL reports full when fewer than
 //! [`wal::FS_RESERVE_BYTES`] are free, so the database never meets a full disk mid-write. That
 //! space belongs to everyone on the filesystem and comes back without anything happening in the
-//! WAL (another process deletes its files), so while reading is paused [`recheck_while_paused`]
+//! WAL (another process deletes its files), so while reading is paused [`BudgetedWal::recheck_while_paused`]
 //! looks again every [`RECHECK_PERIOD`] instead of waiting for an upload that may never come.
+//!
+//! The stages never call that bookkeeping themselves: they write through a [`BudgetedWal`],
+//! whose `admit`/`durable`, `seal` and `mark_uploaded` do each step in its place, so a new
+//! stage cannot skip one or take them out of order.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,21 +95,21 @@ struct Estimate {
 /// included in the measurement the WAL makes before the seal or upload returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "pass it to Budget::measured once the seal or upload returned"]
-pub struct MeasureMark(u64);
+struct MeasureMark(u64);
 
 /// What the WAL reports, read in this order: the unsealed backlog first, then the disk usage,
 /// so a seal in between is counted twice rather than not at all.
 #[derive(Debug, Clone, Copy)]
-pub struct WalFigures {
+struct WalFigures {
     /// Raw bytes of the durable records not sealed yet (`Wal::backlog`).
-    pub unsealed_bytes: u64,
+    unsealed_bytes: u64,
     /// Database and segments as last measured (`Wal::disk_usage`).
-    pub usage: DiskUsage,
+    usage: DiskUsage,
 }
 
 impl WalFigures {
     /// Reads them from `wal`.
-    pub fn of(wal: &wal::Wal) -> Self {
+    fn of(wal: &wal::Wal) -> Self {
         let unsealed_bytes = wal.backlog().raw_bytes;
         Self {
             unsealed_bytes,
@@ -152,7 +156,7 @@ impl Budget {
 
     /// What the WAL takes, or will take once every record it holds or is about to hold is
     /// sealed (see the module documentation).
-    pub fn estimated_used(&self, wal: &WalFigures) -> u64 {
+    fn estimated_used(&self, wal: &WalFigures) -> u64 {
         let estimate = self.lock_estimate();
         let unmeasured = estimate.admitted.saturating_sub(estimate.measured);
         let not_durable = estimate.admitted.saturating_sub(estimate.durable);
@@ -165,7 +169,7 @@ impl Budget {
 
     /// Whether a commit of `raw_bytes` fits (or the WAL holds nothing waiting could free). When
     /// it does not, reading pauses (logged once).
-    pub fn admit(&self, wal: &WalFigures, raw_bytes: u64) -> bool {
+    fn admit(&self, wal: &WalFigures, raw_bytes: u64) -> bool {
         let used = self.estimated_used(wal);
         let counted = raw_bytes.saturating_mul(2);
         let fits = used.saturating_add(counted) <= self.limit();
@@ -195,23 +199,23 @@ impl Budget {
     }
 
     /// Records that a commit of `raw_bytes` was admitted and handed to the WAL.
-    pub fn committed(&self, raw_bytes: u64) {
+    fn committed(&self, raw_bytes: u64) {
         self.lock_estimate().admitted += raw_bytes;
     }
 
     /// Records that the oldest commit not yet durable, of `raw_bytes`, is now durable.
-    pub fn durable(&self, raw_bytes: u64) {
+    fn durable(&self, raw_bytes: u64) {
         self.lock_estimate().durable += raw_bytes;
     }
 
     /// To take just before asking the WAL to record a seal or an upload.
-    pub fn measure_mark(&self) -> MeasureMark {
+    fn measure_mark(&self) -> MeasureMark {
         MeasureMark(self.lock_estimate().durable)
     }
 
     /// The seal or upload asked for after `mark` returned: the WAL measured its database since,
     /// including every commit durable at `mark`, so they no longer count on top of it.
-    pub fn measured(&self, mark: MeasureMark) {
+    fn measured(&self, mark: MeasureMark) {
         let mut estimate = self.lock_estimate();
         estimate.measured = estimate.measured.max(mark.0);
     }
@@ -219,7 +223,7 @@ impl Budget {
     /// Re-evaluates after space was freed (an upload) or measured again; resumes reading when
     /// usage is low enough. Returns whether reading is allowed. `figures` is asked only while
     /// reading is paused (it costs a `statvfs`), so callers need not check first.
-    pub fn refresh(&self, figures: impl FnOnce() -> WalFigures) -> bool {
+    fn refresh(&self, figures: impl FnOnce() -> WalFigures) -> bool {
         if !self.is_paused() {
             return true;
         }
@@ -263,30 +267,139 @@ impl Budget {
     }
 }
 
-/// How often [`recheck_while_paused`] looks at the disk again while reading is paused.
+/// How often [`BudgetedWal::recheck_while_paused`] looks at the disk again while reading is paused.
 pub const RECHECK_PERIOD: Duration = Duration::from_secs(1);
 
-/// Until `cancel` fires: while reading is paused, re-evaluates the budget every
-/// [`RECHECK_PERIOD`], so space freed outside the WAL resumes reading. Costs one `statvfs` per
-/// period while paused, nothing otherwise.
-pub async fn recheck_while_paused(budget: Arc<Budget>, wal: wal::Wal, cancel: CancellationToken) {
-    let mut accepting = budget.accepting();
-    loop {
-        // Sleep until reading pauses.
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            changed = accepting.wait_for(|accepting| !*accepting) => {
-                if changed.is_err() {
-                    return;
-                }
-            }
+/// The WAL behind the disk budget: every write that changes what the WAL takes on disk goes
+/// through here, so the budget's bookkeeping cannot be forgotten or done in the wrong order by a
+/// stage. Commits are admitted before they are handed to the WAL ([`BudgetedWal::admit`]) and
+/// counted until durable ([`BudgetedWal::durable`]); seals and uploads are recorded with the
+/// measurement they carry ([`BudgetedWal::seal`], [`BudgetedWal::mark_uploaded`]); reading
+/// resumes as soon as room is back. Reads go to the plain [`Wal`](wal::Wal) ([`BudgetedWal::wal`]).
+#[derive(Clone)]
+pub struct BudgetedWal {
+    wal: wal::Wal,
+    budget: Arc<Budget>,
+}
+
+/// A commit the budget admitted: hand it back to [`BudgetedWal::durable`] once its group is
+/// durable. Until then its bytes count against the budget twice (database and segment).
+#[derive(Debug)]
+#[must_use = "pass it to BudgetedWal::durable once the group is durable"]
+pub struct Admitted {
+    raw_bytes: u64,
+}
+
+impl std::fmt::Debug for BudgetedWal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BudgetedWal")
+            .field("wal", &self.wal.dir())
+            .field("budget", &self.budget)
+            .finish()
+    }
+}
+
+impl BudgetedWal {
+    /// `wal` under `budget`.
+    pub fn new(wal: wal::Wal, budget: Arc<Budget>) -> Self {
+        Self { wal, budget }
+    }
+
+    /// The WAL, for reading (state, backlog, segments, disk usage).
+    pub fn wal(&self) -> &wal::Wal {
+        &self.wal
+    }
+
+    /// The budget: whether reading is paused, and the watch the stream client follows.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Admits a commit of `raw_bytes` raw NDJSON bytes, or refuses it and pauses reading (see
+    /// the module documentation).
+    pub fn admit(&self, raw_bytes: u64) -> Option<Admitted> {
+        if !self.budget.admit(&WalFigures::of(&self.wal), raw_bytes) {
+            return None;
         }
-        while budget.is_paused() {
+        self.budget.committed(raw_bytes);
+        Some(Admitted { raw_bytes })
+    }
+
+    /// The admitted commit is durable (commits become durable in the order they were
+    /// admitted); resumes reading if that was all that held it back.
+    pub fn durable(&self, admitted: Admitted) {
+        self.budget.durable(admitted.raw_bytes);
+        self.refresh();
+    }
+
+    /// Changes the WAL's state only (no record, nothing the budget counts); resolves once
+    /// durable.
+    pub async fn change_state(
+        &self,
+        changes: Vec<wal::StateChange>,
+    ) -> Result<wal::Committed, wal::WalError> {
+        self.wal
+            .appender()
+            .submit(wal::Group {
+                records: Vec::new(),
+                cursor: None,
+                changes,
+            })
+            .await
+    }
+
+    /// [`Wal::seal`](wal::Wal::seal), with the database measurement it makes counted. Blocks.
+    pub fn seal(
+        &self,
+        max_raw_bytes: u64,
+        now_ms: u64,
+    ) -> Result<Option<wal::SegmentMeta>, wal::WalError> {
+        let mark = self.budget.measure_mark();
+        let sealed = self.wal.seal(max_raw_bytes, now_ms)?;
+        if sealed.is_some() {
+            self.budget.measured(mark);
+        }
+        Ok(sealed)
+    }
+
+    /// [`Wal::mark_uploaded`](wal::Wal::mark_uploaded), with the measurement counted and the
+    /// space freed given back to reading. Blocks (a `statvfs` while reading is paused).
+    pub fn mark_uploaded(&self, number: u64, uploaded_at_ms: u64) -> Result<(), wal::WalError> {
+        let mark = self.budget.measure_mark();
+        self.wal.mark_uploaded(number, uploaded_at_ms)?;
+        self.budget.measured(mark);
+        self.refresh();
+        Ok(())
+    }
+
+    /// Re-evaluates the budget (only while reading is paused: it costs a `statvfs`); returns
+    /// whether reading is allowed.
+    pub fn refresh(&self) -> bool {
+        self.budget.refresh(|| WalFigures::of(&self.wal))
+    }
+
+    /// Until `cancel` fires: while reading is paused, re-evaluates the budget every
+    /// [`RECHECK_PERIOD`], so space freed outside the WAL resumes reading. Costs one `statvfs`
+    /// per period while paused, nothing otherwise.
+    pub async fn recheck_while_paused(self, cancel: CancellationToken) {
+        let mut accepting = self.budget.accepting();
+        loop {
+            // Sleep until reading pauses.
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(RECHECK_PERIOD) => {}
+                changed = accepting.wait_for(|accepting| !*accepting) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
-            budget.refresh(|| WalFigures::of(&wal));
+            while self.budget.is_paused() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(RECHECK_PERIOD) => {}
+                }
+                self.refresh();
+            }
         }
     }
 }

@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
-use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange, Wal};
+use wal::{Appender, Group, PendingAppend, RecoverUntil, StateChange};
 
 use super::PipelineError;
 use super::cursor::{CursorTracker, Observed};
 use super::dead_letter::{DeadLetterFile, OffRuntimeDeadLetters, WarnLimiter};
-use crate::budget::{Budget, WalFigures};
+use crate::budget::{Admitted, BudgetedWal};
 use crate::histogram::{Histogram, Records, Seconds};
 use crate::ids::{EventId, now_ms};
 use crate::stream::{ResumePosition, StreamItem};
@@ -108,17 +108,16 @@ struct InFlight {
     cursor: Option<String>,
     submitted: Instant,
     submitted_unix_ms: u64,
-    raw_bytes: u64,
+    admitted: Admitted,
 }
 
 /// The WAL writer stage. Build with [`Committer::new`], run with [`Committer::run`].
 pub struct Committer {
-    wal: Wal,
+    wal: BudgetedWal,
     appender: Appender,
     dead_letters: OffRuntimeDeadLetters,
     dead_letter_warnings: WarnLimiter,
     tracker: CursorTracker,
-    budget: Arc<Budget>,
     stats: Arc<CommitterStats>,
     backlog_threshold: u64,
     compactor_wake: Arc<Notify>,
@@ -131,21 +130,19 @@ impl Committer {
     /// A committer writing to `wal`; it wakes the compactor when the unsealed backlog reaches
     /// `backlog_threshold` raw bytes (one full file).
     pub fn new(
-        wal: Wal,
+        wal: BudgetedWal,
         dead_letters: DeadLetterFile,
-        budget: Arc<Budget>,
         stats: Arc<CommitterStats>,
         backlog_threshold: u64,
         compactor_wake: Arc<Notify>,
     ) -> Self {
-        let appender = wal.appender();
+        let appender = wal.wal().appender();
         Self {
             wal,
             appender,
             dead_letters: OffRuntimeDeadLetters::new(dead_letters),
             dead_letter_warnings: WarnLimiter::new(DEAD_LETTER_WARN_EVERY),
             tracker: CursorTracker::new(),
-            budget,
             stats,
             backlog_threshold,
             compactor_wake,
@@ -203,7 +200,7 @@ impl Committer {
                 self.drain().await?;
                 self.tracker.reset();
                 self.dropping = false;
-                let state = self.wal.state();
+                let state = self.wal.wal().state();
                 let position = ResumePosition {
                     cursor: state.cursor,
                     recover_until: match state.recover_until {
@@ -294,18 +291,14 @@ impl Committer {
             return Ok(());
         }
         let packing = std::mem::take(&mut self.packing);
-        if !self
-            .budget
-            .admit(&WalFigures::of(&self.wal), packing.raw_bytes)
-        {
+        let Some(admitted) = self.wal.admit(packing.raw_bytes) else {
             let dropped = packing.records.len() as u64;
             self.stats
                 .dropped_while_full
                 .fetch_add(dropped, Ordering::Relaxed);
             self.dropping = true;
             return Ok(());
-        }
-        self.budget.committed(packing.raw_bytes);
+        };
         let cursor = packing.cursor.clone();
         self.stats
             .group_records
@@ -316,7 +309,6 @@ impl Committer {
                 .waiting_since_unix_ms
                 .store(submitted_unix_ms, Ordering::Relaxed);
         }
-        let raw_bytes = packing.raw_bytes;
         let pending = self.appender.submit(Group {
             records: packing.records,
             cursor: packing.cursor,
@@ -328,7 +320,7 @@ impl Committer {
             cursor,
             submitted: Instant::now(),
             submitted_unix_ms,
-            raw_bytes,
+            admitted,
         });
         while self.in_flight.len() > MAX_IN_FLIGHT {
             self.complete_oldest().await?;
@@ -367,9 +359,8 @@ impl Committer {
         self.stats
             .durable_latency
             .observe(done.submitted.elapsed().as_secs_f64());
-        self.budget.durable(done.raw_bytes);
         // The last commits in flight may have been all that held reading back.
-        self.budget.refresh(|| WalFigures::of(&self.wal));
+        self.wal.durable(done.admitted);
         for action in Action::ALL {
             self.stats.events[action].fetch_add(done.actions[action], Ordering::Relaxed);
         }
@@ -382,7 +373,7 @@ impl Committer {
         {
             self.stats.cursor_ms.store(ms, Ordering::Relaxed);
         }
-        if self.wal.backlog().raw_bytes >= self.backlog_threshold {
+        if self.wal.wal().backlog().raw_bytes >= self.backlog_threshold {
             self.compactor_wake.notify_one();
         }
         Ok(())

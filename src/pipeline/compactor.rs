@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wal::Wal;
 
 use super::PipelineError;
 use crate::backoff::{Backoff, sleep_or_cancel};
-use crate::budget::Budget;
+use crate::budget::BudgetedWal;
 use crate::ids::now_ms;
 
 /// Counters of the compactor.
@@ -39,28 +38,26 @@ pub struct CompactorSettings {
 
 /// Seals segments until `cancel` fires. `wake` is notified by the committer when a full file is
 /// waiting; `sealed` is notified after each seal (the uploader waits on it). Each seal tells
-/// `budget` that the WAL measured its database again. A failed seal is retried with backoff,
+/// the budget that the WAL measured its database again. A failed seal is retried with backoff,
 /// unless the WAL refuses writes ([`wal::WalError::refuses_writes`]): then it returns the error,
 /// which stops the pipeline.
 pub async fn run(
-    wal: Wal,
+    wal: BudgetedWal,
     settings: CompactorSettings,
     wake: Arc<Notify>,
     sealed: Arc<Notify>,
-    budget: Arc<Budget>,
     stats: Arc<CompactorStats>,
     cancel: CancellationToken,
 ) -> Result<(), PipelineError> {
     let mut last_seal = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     while !cancel.is_cancelled() {
-        let backlog = wal.backlog();
+        let backlog = wal.wal().backlog();
         let full_file_waiting = backlog.raw_bytes >= settings.max_bytes;
         let interval_over = backlog.records > 0 && last_seal.elapsed() >= settings.every;
         if full_file_waiting || interval_over {
             let sealing = wal.clone();
             let max_bytes = settings.max_bytes;
-            let mark = budget.measure_mark();
             let result = tokio::task::spawn_blocking(move || {
                 let outcome = sealing.seal(max_bytes, now_ms());
                 // The seal's buffers and contexts were just freed.
@@ -70,7 +67,6 @@ pub async fn run(
             .await;
             match result {
                 Ok(Ok(Some(segment))) => {
-                    budget.measured(mark);
                     backoff.reset();
                     stats.sealed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
@@ -107,7 +103,7 @@ pub async fn run(
                 }
             }
         }
-        let wait = if wal.backlog().records > 0 {
+        let wait = if wal.wal().backlog().records > 0 {
             settings.every.saturating_sub(last_seal.elapsed())
         } else {
             settings.every

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wal::{InitialState, RecoverUntil, Wal, WalError};
 
-use crate::budget::{self, Budget};
+use crate::budget::{Budget, BudgetedWal};
 use crate::sink::Sink;
 use crate::stream::{StreamError, StreamSettings, StreamStats};
 use committer::{Committer, CommitterStats};
@@ -210,8 +210,8 @@ impl Pipeline {
                 path: wal.dir().join(dead_letter::FILE_NAME),
                 source,
             })?;
-        let budget = Arc::clone(&stats.budget);
-        budget.refresh(|| budget::WalFigures::of(&wal));
+        let budgeted = BudgetedWal::new(wal.clone(), Arc::clone(&stats.budget));
+        budgeted.refresh();
         let compactor_wake = Arc::new(Notify::new());
         let sealed = Arc::new(Notify::new());
         let (items_tx, items_rx) = mpsc::channel(settings.queue_size.max(1));
@@ -226,14 +226,13 @@ impl Pipeline {
             stream_settings,
             http,
             items_tx,
-            budget.accepting(),
+            stats.budget.accepting(),
             cancel.clone(),
             Arc::clone(&stats.stream),
         ));
         let committer = Committer::new(
-            wal.clone(),
+            budgeted.clone(),
             dead_letters,
-            Arc::clone(&budget),
             Arc::clone(&stats.committer),
             settings.compactor.max_bytes,
             Arc::clone(&compactor_wake),
@@ -247,11 +246,10 @@ impl Pipeline {
         let compactor = spawn_stage(
             "compactor",
             compactor::run(
-                wal.clone(),
+                budgeted.clone(),
                 settings.compactor,
                 compactor_wake,
                 Arc::clone(&sealed),
-                Arc::clone(&budget),
                 Arc::clone(&stats.compactor),
                 cancel.clone(),
             ),
@@ -259,10 +257,9 @@ impl Pipeline {
             &cancel,
         );
         let uploader = Uploader::new(
-            wal.clone(),
+            budgeted.clone(),
             sink,
             settings.uploader,
-            Arc::clone(&budget),
             Arc::clone(&stats.uploader),
         );
         let uploader = spawn_stage(
@@ -277,11 +274,7 @@ impl Pipeline {
             &stats.wal_failure,
             &cancel,
         );
-        let budget_recheck = tokio::spawn(budget::recheck_while_paused(
-            Arc::clone(&budget),
-            wal.clone(),
-            cancel.clone(),
-        ));
+        let budget_recheck = tokio::spawn(budgeted.recheck_while_paused(cancel.clone()));
         Ok(Self {
             stats,
             cancel,

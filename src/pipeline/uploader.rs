@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wal::{SegmentMeta, Wal, WalError};
+use wal::{SegmentMeta, WalError};
 
 use super::PipelineError;
 use crate::backoff::Backoff;
 use crate::backoff::sleep_or_cancel;
-use crate::budget::{Budget, WalFigures};
+use crate::budget::BudgetedWal;
 use crate::histogram::{Histogram, Seconds};
 use crate::ids::now_ms;
 use crate::sink::{BodySource, Compression, Sink, SinkError, SinkErrorKind, object_key};
@@ -149,27 +149,24 @@ impl std::fmt::Display for AttemptError {
 
 /// The uploader task. Build with [`Uploader::new`], run with [`Uploader::run`].
 pub struct Uploader {
-    wal: Wal,
+    wal: BudgetedWal,
     sink: Arc<dyn Sink>,
     settings: UploaderSettings,
-    budget: Arc<Budget>,
     stats: Arc<UploaderStats>,
 }
 
 impl Uploader {
     /// An uploader draining `wal` into `sink`.
     pub fn new(
-        wal: Wal,
+        wal: BudgetedWal,
         sink: Arc<dyn Sink>,
         settings: UploaderSettings,
-        budget: Arc<Budget>,
         stats: Arc<UploaderStats>,
     ) -> Self {
         Self {
             wal,
             sink,
             settings,
-            budget,
             stats,
         }
     }
@@ -193,7 +190,7 @@ impl Uploader {
             return Ok(());
         }
         while !cancel.is_cancelled() {
-            let Some(segment) = self.wal.segments().into_iter().next() else {
+            let Some(segment) = self.wal.wal().segments().into_iter().next() else {
                 tokio::select! {
                     _ = sealed.notified() => continue,
                     _ = cancel.cancelled() => return Ok(()),
@@ -258,15 +255,19 @@ impl Uploader {
         let mut logged: Option<String> = None;
         while self
             .wal
+            .wal()
             .state()
             .extras
             .contains_key(DESTINATION_UNCHECKED_EXTRA)
         {
             let first_ours = self
                 .wal
+                .wal()
                 .segments()
                 .first()
-                .map_or(self.wal.state().next_file_number, |segment| segment.number);
+                .map_or(self.wal.wal().state().next_file_number, |segment| {
+                    segment.number
+                });
             let problem = match check_before_first_upload(
                 self.sink.as_ref(),
                 &self.settings.folder,
@@ -277,14 +278,9 @@ impl Uploader {
                 Ok(None) => {
                     let done = self
                         .wal
-                        .appender()
-                        .submit(wal::Group {
-                            records: Vec::new(),
-                            cursor: None,
-                            changes: vec![wal::StateChange::RemoveExtra {
-                                key: DESTINATION_UNCHECKED_EXTRA.to_string(),
-                            }],
-                        })
+                        .change_state(vec![wal::StateChange::RemoveExtra {
+                            key: DESTINATION_UNCHECKED_EXTRA.to_string(),
+                        }])
                         .await;
                     match done {
                         Ok(_) => {
@@ -402,7 +398,7 @@ impl Uploader {
 
     /// The body of `segment` as the configured encoding wants it, re-openable for retries.
     fn body(&self, segment: &SegmentMeta) -> Result<BodySource, WalError> {
-        let wal = self.wal.clone();
+        let wal = self.wal.wal().clone();
         let number = segment.number;
         let stored = self.settings.compression == Compression::Zstd;
         let open = move || -> Result<Box<dyn std::io::Read + Send>, WalError> {
@@ -427,7 +423,7 @@ impl Uploader {
 
     /// Reads a segment through to check its checksum (after an integrity failure).
     async fn verify_segment(&self, number: u64) -> Result<(), WalError> {
-        let wal = self.wal.clone();
+        let wal = self.wal.wal().clone();
         let check = tokio::task::spawn_blocking(move || -> Result<(), WalError> {
             let mut reader = wal.open_segment(number)?;
             std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| WalError::Io {
@@ -452,7 +448,6 @@ impl Uploader {
     ) -> Result<(), PipelineError> {
         let wal = self.wal.clone();
         let number = segment.number;
-        let mark = self.budget.measure_mark();
         let marked = tokio::task::spawn_blocking(move || {
             let marked = wal.mark_uploaded(number, now_ms());
             // The upload's buffers and contexts were just freed.
@@ -461,7 +456,7 @@ impl Uploader {
         })
         .await;
         match marked {
-            Ok(Ok(())) => self.budget.measured(mark),
+            Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::error!(file_number = number, error = %err, "cannot record an upload in the WAL");
                 return Err(PipelineError::Wal(err));
@@ -482,7 +477,6 @@ impl Uploader {
             .fetch_add(millis, Ordering::Relaxed);
         self.stats.duration.observe(took.as_secs_f64());
         self.stats.uploaded_signal.notify_one();
-        self.budget.refresh(|| WalFigures::of(&self.wal));
         tracing::info!(
             key,
             file_number = number,
