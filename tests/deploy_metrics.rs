@@ -105,7 +105,7 @@ fn is_served(name: &str) -> bool {
     PROMETHEUS_OWN.contains(&name)
         || CATALOGUE.iter().any(|doc| {
             doc.name == name
-                || (doc.kind == "histogram"
+                || (doc.kind() == "histogram"
                     && ["_bucket", "_sum", "_count"]
                         .iter()
                         .any(|suffix| name.strip_suffix(suffix) == Some(doc.name)))

@@ -51,7 +51,7 @@ async fn metrics_keep_the_stock_names_and_labels_and_expose_every_metric_of_the_
     // Every metric of the catalogue, with its type and exactly its labels; nothing else.
     let mut known = BTreeSet::new();
     for doc in CATALOGUE {
-        let family = match doc.kind {
+        let family = match doc.kind() {
             "counter" => doc
                 .name
                 .strip_suffix("_total")
@@ -60,10 +60,10 @@ async fn metrics_keep_the_stock_names_and_labels_and_expose_every_metric_of_the_
         };
         assert_eq!(
             scrape.types.get(family).map(String::as_str),
-            Some(doc.kind),
+            Some(doc.kind()),
             "# TYPE of {family}"
         );
-        let names: Vec<String> = match doc.kind {
+        let names: Vec<String> = match doc.kind() {
             "histogram" => ["_bucket", "_count", "_sum"]
                 .iter()
                 .map(|suffix| format!("{}{suffix}", doc.name))
