@@ -7,6 +7,7 @@
 //! exits with code 2. Secrets are wrapped in [`Secret`] as soon as they are read.
 
 pub mod parse;
+mod sections;
 pub mod settings;
 pub mod source;
 
@@ -270,6 +271,14 @@ impl Reader<'_> {
         }
     }
 
+    /// The value, trimmed; its default (from the settings table, the one place defaults live)
+    /// when unset or empty.
+    fn text_or_default(&self, setting: &Setting) -> String {
+        self.optional_text(setting)
+            .or_else(|| setting.default.map(str::to_string))
+            .unwrap_or_default()
+    }
+
     fn required(&self, setting: &Setting) -> Result<(String, String), ConfigError> {
         match self.raw(setting) {
             Some(raw) if !raw.value.trim().is_empty() => Ok((raw.value, raw.origin)),
@@ -372,231 +381,23 @@ impl Reader<'_> {
 impl Config {
     /// Reads and validates the configuration from `source`.
     pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
-        use settings as s;
         let r = Reader { source };
-
-        let opencti = OpenCti {
-            url: {
-                let (value, origin) = r.required(&s::OPENCTI_URL)?;
-                parse::base_url(&value).map_err(|p| ConfigError::new(origin, p))?
-            },
-            token: r.secret(&s::OPENCTI_TOKEN, &s::OPENCTI_TOKEN_FILE)?,
-            tls: TlsOptions {
-                verify: r.with_default(&s::OPENCTI_SSL_VERIFY, parse::boolean)?,
-                ca_file: r.optional_path(&s::OPENCTI_CA_FILE)?,
-            },
-            ping_interval: r.with_default(&s::OPENCTI_PING_INTERVAL_SEC, parse::seconds)?,
-        };
-
-        if let Some((kind, origin)) = r.text(&s::CONNECTOR_TYPE)
-            && !kind.trim().eq_ignore_ascii_case("STREAM")
-        {
-            return Err(ConfigError::new(
-                origin,
-                format!(
-                    "must be STREAM for a stream exporter, got {:?}",
-                    kind.trim()
-                ),
-            ));
-        }
-
-        let live_stream = LiveStream {
-            id: r.optional_text(&s::CONNECTOR_LIVE_STREAM_ID),
-            listen_delete: r
-                .with_default(&s::CONNECTOR_LIVE_STREAM_LISTEN_DELETE, parse::boolean)?,
-            no_dependencies: r
-                .with_default(&s::CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES, parse::boolean)?,
-            with_inferences: r
-                .with_default(&s::CONNECTOR_LIVE_STREAM_WITH_INFERENCES, parse::boolean)?,
-            start_timestamp_ms: r.parsed(&s::CONNECTOR_LIVE_STREAM_START_TIMESTAMP, |t| {
-                parse::integer(t, 0, 99_999_999_999_999).map_err(|_| {
-                    format!(
-                        "expected an epoch in milliseconds such as 1718012300000, got {:?}",
-                        t.trim()
-                    )
-                })
-            })?,
-            recover_iso_date: r
-                .parsed(&s::CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE, parse::iso_date)?,
-        };
-        if live_stream.id.as_deref() == Some("ChangeMe") {
-            return Err(ConfigError::new(
-                s::CONNECTOR_LIVE_STREAM_ID.env,
-                "is still the placeholder ChangeMe; set the id of the live stream to export",
-            ));
-        }
-
-        let connector = Connector {
-            id: {
-                let (value, origin) = r.required(&s::CONNECTOR_ID)?;
-                let value = value.trim().to_string();
-                if value == "ChangeMe" {
-                    return Err(ConfigError::new(
-                        origin,
-                        "is still the placeholder ChangeMe; set a UUID",
-                    ));
-                }
-                value
-            },
-            name: r
-                .text(&s::CONNECTOR_NAME)
-                .map(|(v, _)| v.trim().to_string())
-                .unwrap_or_default(),
-            scope: r
-                .text(&s::CONNECTOR_SCOPE)
-                .map(|(v, _)| {
-                    v.split(',')
-                        .map(|p| p.trim().to_string())
-                        .filter(|p| !p.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            log_level: r.with_default(&s::CONNECTOR_LOG_LEVEL, log_level)?,
-            log_format: r.with_default(&s::CONNECTOR_LOG_FORMAT, |t| {
-                match t.trim().to_ascii_lowercase().as_str() {
-                    "text" | "plain" | "human" => Ok(LogFormat::Text),
-                    "json" => Ok(LogFormat::Json),
-                    other => Err(format!("expected text or json, got {other:?}")),
-                }
-            })?,
-            live_stream,
-            expose_metrics: r.with_default(&s::CONNECTOR_EXPOSE_METRICS, parse::boolean)?,
-            metrics_bind: r.with_default(&s::CONNECTOR_METRICS_BIND, |t| {
-                t.trim().parse::<IpAddr>().map_err(|_| {
-                    format!("expected an IP address such as 0.0.0.0, got {:?}", t.trim())
-                })
-            })?,
-            metrics_port: r.with_default(&s::CONNECTOR_METRICS_PORT, parse::port)?,
-            metrics_token: r.optional_secret(
-                &s::CONNECTOR_METRICS_TOKEN,
-                &s::CONNECTOR_METRICS_TOKEN_FILE,
-            )?,
-        };
-
-        let output = Output {
-            folder: match r.text(&s::MINIO_FOLDER) {
-                Some((value, origin)) => folder(&value).map_err(|p| ConfigError::new(origin, p))?,
-                None => String::new(),
-            },
-            compression: r.with_default(&s::MINIO_COMPRESSION, |t| {
-                match t.trim().to_ascii_lowercase().as_str() {
-                    "none" | "" => Ok(Compression::None),
-                    "zstd" => Ok(Compression::Zstd),
-                    other => Err(format!("expected none or zstd, got {other:?}")),
-                }
-            })?,
-        };
-
-        let destination = match r.optional_text(&s::EXPORT_DIR) {
-            Some(dir) => Destination::Directory(PathBuf::from(dir)),
-            None => Destination::S3(S3 {
-                endpoint: {
-                    let (value, origin) = r.required(&s::MINIO_ENDPOINT)?;
-                    s3_host(&value).map_err(|p| ConfigError::new(origin, p))?
-                },
-                port: {
-                    let (value, origin) = r.required(&s::MINIO_PORT)?;
-                    parse::port(&value).map_err(|p| ConfigError::new(origin, p))?
-                },
-                secure: r.with_default(&s::MINIO_SECURE, parse::boolean)?,
-                bucket: {
-                    let (value, origin) = r.required(&s::MINIO_BUCKET)?;
-                    bucket_name(value.trim()).map_err(|p| ConfigError::new(origin, p))?
-                },
-                access_key: r.secret(&s::MINIO_ACCESS_KEY, &s::MINIO_ACCESS_KEY_FILE)?,
-                secret_key: r.secret(&s::MINIO_SECRET_KEY, &s::MINIO_SECRET_KEY_FILE)?,
-                region: r
-                    .text(&s::MINIO_REGION)
-                    .map(|(v, _)| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "us-east-1".to_string()),
-                tls: TlsOptions {
-                    verify: r.with_default(&s::MINIO_CERT_CHECK, parse::boolean)?,
-                    ca_file: r.optional_path(&s::MINIO_CA_FILE)?,
-                },
-                checksums: r.with_default(&s::MINIO_CHECKSUMS, |t| {
-                    match t.trim().to_ascii_lowercase().as_str() {
-                        "when_required" => Ok(ChecksumPolicy::WhenRequired),
-                        "when_supported" => Ok(ChecksumPolicy::WhenSupported),
-                        other => Err(format!(
-                            "expected when_required or when_supported, got {other:?}"
-                        )),
-                    }
-                })?,
-            }),
-        };
-
-        let write = Write {
-            every: r.with_default(&s::WRITE_EVERY_SEC, parse::seconds)?,
-            max_bytes: r.with_default(&s::WRITE_MAX_BYTES, |t| {
-                at_least(parse::bytes(t)?, 1024, "1024 bytes")
-            })?,
-        };
-        let wal = WalSettings {
-            dir: r
-                .text(&s::WAL_DIR)
-                .map(|(v, _)| PathBuf::from(v.trim()))
-                .unwrap_or_else(|| PathBuf::from("./data")),
-            max_bytes: r.with_default(&s::WAL_MAX_BYTES, |t| {
-                at_least(parse::bytes(t)?, 1 << 20, "1MiB")
-            })?,
-            adopt_delivered: r.with_default(&s::WAL_ADOPT_DELIVERED, parse::boolean)?,
-        };
-        if wal.max_bytes < write.max_bytes.saturating_mul(2) {
-            return Err(ConfigError::new(
-                s::WAL_MAX_BYTES.env,
-                format!(
-                    "must be at least twice WRITE_MAX_BYTES ({} bytes) so a full file and the \
-                     events that follow it fit, got {} bytes",
-                    write.max_bytes, wal.max_bytes
-                ),
-            ));
-        }
-
-        let stream = StreamTuning {
-            backoff_max: r.with_default(&s::STREAM_BACKOFF_MAX_SEC, parse::seconds)?,
-            idle_timeout: r.with_default(&s::STREAM_IDLE_TIMEOUT_SEC, parse::seconds)?,
-            max_event_bytes: r.with_default(&s::STREAM_MAX_EVENT_BYTES, |t| {
-                at_least(parse::bytes(t)?, 64 * 1024, "64KiB")
-            })?,
-            queue_size: r.with_default(&s::QUEUE_SIZE, |t| {
-                parse::integer(t, 1, 1_000_000).map(|n| n as usize)
-            })?,
-            queue_max_bytes: r.with_default(&s::QUEUE_MAX_BYTES, |t| {
-                at_least(parse::bytes(t)?, 1024 * 1024, "1MiB")
-            })?,
-        };
-        let files = Files {
-            concurrency: r.with_default(&s::FILES_CONCURRENCY, |t| {
-                parse::integer(t, 1, 64).map(|n| n as usize)
-            })?,
-            max_bytes: r.with_default(&s::FILES_MAX_BYTES, parse::bytes)?,
-            timeout: r.with_default(&s::FILES_TIMEOUT_SEC, parse::seconds)?,
-            retry_max: r.with_default(&s::FILES_RETRY_MAX_SEC, parse::seconds)?,
-            max_per_event: r.with_default(&s::FILES_MAX_PER_EVENT, |t| {
-                parse::integer(t, 0, 100_000).map(|n| n as usize)
-            })?,
-            max_total_bytes: r.with_default(&s::FILES_MAX_TOTAL_BYTES, parse::bytes)?,
-            top_level_copy: r.with_default(&s::FILES_TOP_LEVEL_COPY, parse::boolean)?,
-        };
-        let upload = Upload {
-            backoff_max: r.with_default(&s::UPLOAD_BACKOFF_MAX_SEC, parse::seconds)?,
-            timeout: r.with_default(&s::UPLOAD_TIMEOUT_SEC, parse::seconds)?,
-            multipart_threshold: r.with_default(&s::UPLOAD_MULTIPART_THRESHOLD, |t| {
-                at_least(parse::bytes(t)?, 5 << 20, "5MiB (the S3 minimum part size)")
-            })?,
-        };
-
+        let opencti = sections::opencti(&r)?;
+        let connector = sections::connector(&r)?;
+        let output = sections::output(&r)?;
+        let destination = sections::destination(&r)?;
+        let write = sections::write(&r)?;
+        let wal = sections::wal(&r, &write)?;
         Ok(Self {
             opencti,
             connector,
-            destination,
             output,
+            destination,
             write,
             wal,
-            stream,
-            files,
-            upload,
+            stream: sections::stream(&r)?,
+            files: sections::files(&r)?,
+            upload: sections::upload(&r)?,
         })
     }
 

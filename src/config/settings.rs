@@ -282,7 +282,7 @@ setting!(
     MINIO_REGION,
     "MINIO_REGION",
     [&["minio", "region"]],
-    Some("us-east-1"),
+    Some(crate::sink::s3::DEFAULT_REGION),
     false,
     "Region used to sign S3 requests."
 );

@@ -97,6 +97,11 @@ pub struct S3Settings {
     pub idle_timeout: Duration,
 }
 
+/// The region used when none is configured: S3's own default, the one region whose buckets are
+/// created without a location constraint. MinIO and most other servers accept it whatever their
+/// own region setting.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
 impl S3Settings {
     /// Settings with the defaults for everything but the endpoint, bucket and credentials.
     pub fn new(
@@ -108,7 +113,7 @@ impl S3Settings {
         Self {
             endpoint: endpoint.into(),
             bucket: bucket.into(),
-            region: "us-east-1".to_owned(),
+            region: DEFAULT_REGION.to_owned(),
             access_key,
             secret_key,
             tls: TlsOptions::default(),
@@ -239,7 +244,7 @@ impl S3Sink {
     async fn create_bucket(&self) -> Result<(), SinkError> {
         let what = format!("creating bucket {} at {}", self.bucket, self.endpoint);
         let mut request = self.client.create_bucket().bucket(&self.bucket);
-        if self.region != "us-east-1" {
+        if self.region != DEFAULT_REGION {
             request = request.create_bucket_configuration(
                 CreateBucketConfiguration::builder()
                     .location_constraint(BucketLocationConstraint::from(self.region.as_str()))
