@@ -4,7 +4,8 @@
 //! Data flows one way, one module per stage:
 //! [`stream`] (SSE client) → [`transform`] (exported line) → [`pipeline`] (WAL group commit,
 //! compactor, uploader) → [`sink`] (S3 or a directory). The write-ahead log is the `wal` crate.
-//! [`simulator`] stands in for OpenCTI in tests, benchmarks and the demo.
+//! The `simulator` crate stands in for OpenCTI in tests, benchmarks and, with the `simulator`
+//! feature, the `demo` and `simulate` commands.
 
 pub mod adopt;
 pub mod allocator;
@@ -22,7 +23,6 @@ pub mod pipeline;
 pub mod readback;
 pub mod record_file;
 pub mod secret;
-pub mod simulator;
 pub mod sink;
 pub mod status;
 pub mod stream;

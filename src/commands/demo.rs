@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use simulator::{DEFAULT_STREAM_ID, Simulator, SimulatorConfig, Token};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
@@ -20,7 +21,7 @@ use crate::pipeline::{
     DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, seed_first_start,
 };
 use crate::readback::read_back;
-use crate::simulator::{DEFAULT_STREAM_ID, Simulator, SimulatorConfig};
+use crate::secret::Secret;
 use crate::sink::{Compression, DirSink};
 use crate::status::human_bytes;
 use crate::stream::StreamSettings;
@@ -49,7 +50,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the simulator")?;
-    let token = simulator.token().cloned().unwrap_or_default();
+    let token = Secret::new(simulator.token().map(Token::expose).unwrap_or_default());
     println!(
         "simulator: OpenCTI live stream at {}",
         simulator.stream_url()
@@ -105,7 +106,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     )?;
 
     // Done when the cursor reached the last live event and nothing is left to seal or upload.
-    let last = last_live;
+    let last = EventId::new(last_live.ms, last_live.seq);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let cursor = wal.state().cursor.as_deref().and_then(EventId::parse);
