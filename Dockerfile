@@ -4,10 +4,11 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 # The registry and target caches survive between builds (BuildKit); the binary is copied out of
-# the cached target directory in the same step.
+# the cached target directory in the same step. Without the default features: the production
+# binary has no `demo` or `simulate` command and does not contain the OpenCTI simulator.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin opencti-stream-exporter \
+    cargo build --release --locked --no-default-features --bin opencti-stream-exporter \
  && install -D -m 0755 target/release/opencti-stream-exporter /out/opencti-stream-exporter \
  && strip /out/opencti-stream-exporter
 

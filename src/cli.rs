@@ -30,9 +30,11 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Run the whole pipeline against the built-in simulator into a local directory, then print
     /// a summary.
+    #[cfg(feature = "simulator")]
     Demo(DemoArgs),
     /// Run the OpenCTI live-stream simulator on its own.
-    Simulate(crate::simulator::SimulateArgs),
+    #[cfg(feature = "simulator")]
+    Simulate(simulator::SimulateArgs),
     /// Seed a new WAL from the stock Python connector's state, to switch without a gap or a
     /// renumbering.
     ImportState(ImportStateArgs),
@@ -74,6 +76,7 @@ pub struct VerifyArgs {
 }
 
 /// Options of `demo`.
+#[cfg(feature = "simulator")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Number of live events the simulator serves.

@@ -1,7 +1,7 @@
 //! Stream event ids (`<ms>-<seq>`, Redis stream style), the date forms OpenCTI accepts for `from`
 //! and `recover` (docs/opencti-protocol.md#stream-parameters), ISO-8601 formatting of millisecond
-//! timestamps, and the wall clock in epoch milliseconds. Shared by the stream client, the pipeline,
-//! the read-back and the simulator.
+//! timestamps, and the wall clock in epoch milliseconds. Shared by the stream client, the pipeline
+//! and the read-back. (The simulator reads and writes the same forms with code of its own.)
 
 use std::fmt;
 use std::str::FromStr;

@@ -25,6 +25,9 @@
 //!    [`metrics`], [`ops`] (the HTTP endpoint, health, progress);
 //! 6. **composition**: [`daemon`] builds and runs everything from a [`config::Config`];
 //! 7. **commands**: [`commands`] and the command line ([`cli`]).
+//!
+//! The `simulator` crate stands in for OpenCTI in tests, benchmarks and, with the `simulator`
+//! feature, the `demo` and `simulate` commands.
 
 // 1. support
 pub mod allocator;
@@ -64,6 +67,3 @@ pub mod daemon;
 // 7. commands
 pub mod cli;
 pub mod commands;
-
-/// Stands in for OpenCTI in tests, benchmarks and the demo.
-pub mod simulator;

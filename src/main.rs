@@ -60,17 +60,19 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             report(commands::status::run(&config, &args).await)
         }
+        #[cfg(feature = "simulator")]
         Command::Demo(args) => {
             logging::init("info", LogFormat::Text);
             report(commands::demo::run(&args).await)
         }
+        #[cfg(feature = "simulator")]
         Command::Simulate(args) => {
             logging::init("info", LogFormat::Text);
             let cancel = match daemon::shutdown_on_signals() {
                 Ok(cancel) => cancel,
                 Err(err) => return failure(&err),
             };
-            report(opencti_stream_exporter::simulator::run(args, cancel).await)
+            report(simulator::run(args, cancel).await)
         }
         Command::Verify(args) => {
             logging::init("warn", LogFormat::Text);

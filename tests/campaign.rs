@@ -32,9 +32,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use opencti_stream_exporter::simulator::{
-    FailStatus, Fault, FaultControl, InjectedEvent, SimulatorConfig, SimulatorHandle,
-};
+use simulator::{FailStatus, Fault, FaultControl, InjectedEvent, SimulatorConfig, SimulatorHandle};
 use support::daemon::{
     BUCKET, Daemon, Harness, last_s3_line_id, read_s3_export, secs, start_simulator,
 };

@@ -6,9 +6,9 @@
 mod support;
 
 use opencti_stream_exporter::ids::EventId;
-use opencti_stream_exporter::simulator::SimulatorHandle;
 use opencti_stream_exporter::sink::{BodySource, Compression, S3Sink, Sink, object_key};
 use serde_json::json;
+use simulator::SimulatorHandle;
 use support::daemon::*;
 use support::s3::TestS3;
 

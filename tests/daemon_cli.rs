@@ -6,7 +6,7 @@
 mod support;
 
 use opencti_stream_exporter::pipeline::dead_letter;
-use opencti_stream_exporter::simulator::{InjectedEvent, Role};
+use simulator::{InjectedEvent, Role};
 use support::daemon::*;
 use support::proxy::{Fault, FaultProxy};
 use support::s3::TestS3;

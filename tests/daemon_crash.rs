@@ -9,9 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use opencti_stream_exporter::simulator::iso;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use simulator::iso;
 use support::daemon::*;
 use support::s3::TestS3;
 

@@ -6,7 +6,7 @@
 
 mod support;
 
-use opencti_stream_exporter::simulator::{FailStatus, InjectedEvent};
+use simulator::{FailStatus, InjectedEvent};
 use support::daemon::*;
 
 const MIB: u64 = 1 << 20;

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use md5::Digest as _;
-use opencti_stream_exporter::simulator::iso;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use simulator::iso;
 use support::daemon::*;
 use support::s3::TestS3;
 use testfs::{Model, TestFs};

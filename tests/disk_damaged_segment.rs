@@ -10,8 +10,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use opencti_stream_exporter::simulator::oracle::line_identity;
-use opencti_stream_exporter::simulator::{Role, SimulatorHandle};
+use simulator::oracle::line_identity;
+use simulator::{Role, SimulatorHandle};
 use support::daemon::{
     BUCKET, Daemon, Harness, last_s3_line_id, read_s3_export, s3_keys, secs, simulator_config,
     start_simulator, wait_until,

@@ -11,7 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use opencti_stream_exporter::simulator::SimulatorHandle;
+use simulator::SimulatorHandle;
 use support::daemon::{
     BUCKET, Harness, last_s3_line_id, read_s3_export, secs, simulator_config, start_simulator,
     wait_until,

@@ -29,14 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "edges",
-        &[
-            "opencti_api",
-            "readback",
-            "simulator",
-            "sink",
-            "stream",
-            "transform",
-        ],
+        &["opencti_api", "readback", "sink", "stream", "transform"],
     ),
     ("configuration", &["config", "logging"]),
     ("stages", &["pipeline"]),

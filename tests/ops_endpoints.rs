@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use opencti_stream_exporter::ids::{EventId, parse_iso_ms};
 use opencti_stream_exporter::metrics::CATALOGUE;
-use opencti_stream_exporter::simulator::Simulator;
 use ops_common::*;
+use simulator::Simulator;
 use support::daemon::*;
 use support::s3::TestS3;
 

@@ -6,9 +6,9 @@ mod ops_common;
 mod support;
 
 use opencti_stream_exporter::ids::iso;
-use opencti_stream_exporter::simulator::FailStatus;
 use ops_common::*;
 use serde_json::json;
+use simulator::FailStatus;
 use support::daemon::*;
 use support::s3::TestS3;
 

@@ -9,8 +9,8 @@ mod ops_common;
 mod support;
 
 use opencti_stream_exporter::secret::Secret;
-use opencti_stream_exporter::simulator::FailStatus;
 use ops_common::*;
+use simulator::{FailStatus, Token};
 use support::daemon::*;
 use support::s3::{SECRET_KEY, TestS3};
 
@@ -59,7 +59,7 @@ fn the_check_itself_finds_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_and_the_s3_secret_never_appear_in_logs_status_or_metrics() {
     let mut config = simulator_config(601, 1_200);
-    config.token = Some(Secret::new(TOKEN));
+    config.token = Some(Token::new(TOKEN));
     let sim = start_simulator(config).await;
     let s3 = TestS3::start();
     let (harness, port) = with_endpoint(
@@ -69,7 +69,7 @@ async fn the_token_and_the_s3_secret_never_appear_in_logs_status_or_metrics() {
             .set("CONNECTOR_LOG_LEVEL", "debug")
             .set("WRITE_MAX_BYTES", "128KiB"),
     );
-    assert_eq!(sim.token().map(Secret::expose), Some(TOKEN));
+    assert_eq!(sim.token().map(Token::expose), Some(TOKEN));
     let mut shown = Vec::new();
 
     // Run 1, JSON logs: the stream is refused once, then dropped mid-way; S3 refuses the secret.

@@ -13,8 +13,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use opencti_stream_exporter::secret::Secret;
-use opencti_stream_exporter::simulator::{FailStatus, InjectedEvent, SimulatorConfig};
+use simulator::{FailStatus, InjectedEvent, SimulatorConfig, Token};
 use support::daemon::{
     BUCKET, Harness, last_s3_line_id, secs, simulator_config, start_simulator, wait_until,
 };
@@ -35,7 +34,7 @@ fn mode_of(path: &std::path::Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_logs_status_dead_letters_or_errors() {
     let sim = start_simulator(SimulatorConfig {
-        token: Some(Secret::new(TOKEN)),
+        token: Some(Token::new(TOKEN)),
         ..simulator_config(51, 400)
     })
     .await;

@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use opencti_stream_exporter::simulator::{
-    DEFAULT_STREAM_ID, FailStatus, Fault, InjectedEvent, Simulator, SimulatorConfig,
-    SimulatorHandle, iso,
-};
+use opencti_stream_exporter::secret::Secret;
 use opencti_stream_exporter::stream::ResumePosition;
 use opencti_stream_exporter::stream::stats::ReconnectReason;
+use simulator::{
+    DEFAULT_STREAM_ID, FailStatus, Fault, InjectedEvent, Simulator, SimulatorConfig,
+    SimulatorHandle, Token, iso,
+};
 use stream_support::*;
 
 async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
@@ -26,7 +27,7 @@ async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
 
 fn settings_for(sim: &SimulatorHandle) -> opencti_stream_exporter::stream::StreamSettings {
     let mut settings = test_settings(&reqwest::Url::parse(&sim.url()).expect("url"));
-    settings.token = sim.token().cloned().unwrap_or_default();
+    settings.token = Secret::new(sim.token().map(Token::expose).unwrap_or_default());
     settings.live_stream_id = Some(DEFAULT_STREAM_ID.to_owned());
     settings.idle_timeout = Duration::from_millis(800);
     settings

@@ -10,9 +10,9 @@ mod support;
 use std::net::SocketAddr;
 
 use opencti_stream_exporter::readback::read_back;
-use opencti_stream_exporter::simulator::SimulatorHandle;
 use opencti_stream_exporter::sink::S3Sink;
 use opencti_stream_exporter::tls::TlsOptions;
+use simulator::SimulatorHandle;
 use support::daemon::{
     BUCKET, Daemon, FOLDER, Harness, last_dir_line_id, last_s3_line_id, read_dir_export, s3_keys,
     secs, simulator_config, start_simulator, wait_until,

@@ -3,27 +3,30 @@
 //! uploader with the directory sink) with a short write interval, waits until every event is
 //! uploaded, reads the files back as the stock importer would, checks them against what the
 //! simulator served, and prints where everything is.
+//!
+//! The daemon's parts (WAL, first-start position, HTTP client, destination, stream and pipeline
+//! settings) are built by the functions `run` builds them with ([`crate::daemon`]), from a
+//! [`Config`] read as `run` reads its own, so the demo runs what `run` runs. Only what `run`
+//! adds around the pipeline (the operations endpoint, the progress line, the OpenCTI API task,
+//! adoption) is left out. Built with the `simulator` feature.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use simulator::{DEFAULT_STREAM_ID, Simulator, SimulatorConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
+use crate::config::{Config, Destination, Source};
+use crate::daemon;
 use crate::ids::EventId;
-use crate::pipeline::compactor::CompactorSettings;
-use crate::pipeline::uploader::UploaderSettings;
-use crate::pipeline::{
-    DEFAULT_SHUTDOWN_GRACE, FirstStart, Pipeline, PipelineSettings, seed_first_start,
-};
+use crate::pipeline::{Pipeline, seed_first_start};
 use crate::readback::read_back;
-use crate::simulator::{DEFAULT_STREAM_ID, Simulator, SimulatorConfig};
-use crate::sink::{Compression, DirSink};
+use crate::sink::DirSink;
 use crate::status::human_bytes;
-use crate::stream::StreamSettings;
 
 /// Marks a directory as made by the demo, so a later demo may replace it.
 const MARKER: &str = ".opencti-stream-exporter-demo";
@@ -31,12 +34,13 @@ const MARKER: &str = ".opencti-stream-exporter-demo";
 const FOLDER: &str = "opencti-stream";
 /// Longest the demo waits for everything to be uploaded.
 const DEADLINE: Duration = Duration::from_secs(300);
+/// The connector id the demo runs as.
+const CONNECTOR_ID: &str = "5b1f0c3e-7d2a-4e8b-9c6f-0a1b2c3d4e5f";
 
 /// Runs the demo. Fails if the export does not match what the simulator served.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     prepare_dir(&args.dir)?;
-    let wal_dir = args.dir.join(".wal");
 
     let simulator = Simulator::start(
         SimulatorConfig {
@@ -49,7 +53,6 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the simulator")?;
-    let token = simulator.token().cloned().unwrap_or_default();
     println!(
         "simulator: OpenCTI live stream at {}",
         simulator.stream_url()
@@ -63,49 +66,33 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let (Some(first_live), Some(last_live)) = (live.first().copied(), live.last().copied()) else {
         bail!("the simulator serves no events");
     };
-    let first = FirstStart {
-        start_timestamp_ms: None,
-        recover_iso_date: Some(crate::ids::iso(first_live.ms.saturating_sub(1))),
+    let Some(token) = simulator.token() else {
+        bail!("the simulator was started without a token");
     };
-    let wal = crate::daemon::open_wal(&wal_dir, 4 << 30)?;
-    seed_first_start(&wal, &first, crate::ids::now_ms())
+    let recover_iso_date = crate::ids::iso(first_live.ms.saturating_sub(1));
+    let config = demo_config(
+        &simulator.url(),
+        token.expose(),
+        &recover_iso_date,
+        &args.dir,
+    )?;
+
+    // From here on, the parts are built as `run` builds them (crate::daemon), from the Config.
+    let wal = daemon::open_wal(&config.wal.dir, config.wal.max_bytes)?;
+    seed_first_start(&wal, &daemon::first_start(&config), crate::ids::now_ms())
         .context("recording the first-start position")?;
-    let base = reqwest::Url::parse(&simulator.url()).context("simulator URL")?;
-    let mut stream = StreamSettings::new(base.clone(), token, Some(DEFAULT_STREAM_ID.to_string()));
-    stream.no_dependencies = false;
-    let http = reqwest::Client::builder()
-        .user_agent(crate::daemon::USER_AGENT)
-        .redirect(crate::stream::redirect_policy(&base))
-        .build()
-        .context("building the HTTP client")?;
-    let settings = PipelineSettings {
-        compactor: CompactorSettings {
-            every: Duration::from_secs(1),
-            max_bytes: 2 << 20,
-        },
-        uploader: UploaderSettings {
-            folder: FOLDER.to_string(),
-            compression: Compression::None,
-            backoff_max: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(60),
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-        },
-        queue_size: 1000,
-        max_bytes: 4 << 30,
-        dead_letter_max_bytes: 64 << 20,
-    };
     let cancel = CancellationToken::new();
     let pipeline = Pipeline::start(
         wal.clone(),
-        Arc::new(DirSink::new(&args.dir)),
-        stream,
-        http,
-        settings,
+        daemon::sink(&config)?,
+        daemon::stream_settings(&config)?,
+        daemon::opencti_client(&config)?,
+        daemon::pipeline_settings(&config),
         cancel.clone(),
     )?;
 
     // Done when the cursor reached the last live event and nothing is left to seal or upload.
-    let last = last_live;
+    let last = EventId::new(last_live.ms, last_live.seq);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let cursor = wal.state().cursor.as_deref().and_then(EventId::parse);
@@ -164,7 +151,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         oracle.expected,
         oracle.duplicates
     );
-    println!("  WAL:     {}", wal_dir.display());
+    println!("  WAL:     {}", config.wal.dir.display());
     let readable = report.is_ok();
     println!(
         "  read back as the stock importer would: {}",
@@ -193,6 +180,48 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         bail!("the export does not match what the simulator served");
     }
     Ok(())
+}
+
+/// The daemon's configuration for the demo, read and validated as `run` reads its own (as if
+/// these were the environment): the simulator's stream at `url` with dependencies, recovering
+/// until `recover_iso_date` on the first start, into `dir`, a file every second or every 2 MiB,
+/// a 4 GiB WAL in `dir/.wal`, no metrics endpoint, no adoption of an earlier export.
+fn demo_config(
+    url: &str,
+    token: &str,
+    recover_iso_date: &str,
+    dir: &Path,
+) -> anyhow::Result<Config> {
+    let wal_dir = dir.join(".wal");
+    let env: HashMap<String, String> = [
+        ("OPENCTI_URL", url),
+        ("OPENCTI_TOKEN", token),
+        ("CONNECTOR_ID", CONNECTOR_ID),
+        ("CONNECTOR_LIVE_STREAM_ID", DEFAULT_STREAM_ID),
+        ("CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES", "false"),
+        ("CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE", recover_iso_date),
+        ("CONNECTOR_EXPOSE_METRICS", "false"),
+        ("EXPORT_DIR", &dir.display().to_string()),
+        ("MINIO_FOLDER", FOLDER),
+        ("MINIO_COMPRESSION", "none"),
+        ("WRITE_EVERY_SEC", "1"),
+        ("WRITE_MAX_BYTES", "2MiB"),
+        ("WAL_DIR", &wal_dir.display().to_string()),
+        ("WAL_MAX_BYTES", "4GiB"),
+        ("WAL_ADOPT_DELIVERED", "false"),
+        ("QUEUE_SIZE", "1000"),
+        ("UPLOAD_BACKOFF_MAX_SEC", "5"),
+        ("UPLOAD_TIMEOUT_SEC", "60"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    let mut config =
+        Config::from_source(&Source::new(env, None)).context("the demo's configuration")?;
+    // The directories exactly as given: a path need not be text.
+    config.destination = Destination::Directory(dir.to_path_buf());
+    config.wal.dir = wal_dir;
+    Ok(config)
 }
 
 /// Makes `dir` empty: creates it, or clears an earlier demo's output. Refuses a directory that

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use opencti_stream_exporter::simulator::{GraphqlCall, SimulatorHandle};
+use simulator::{GraphqlCall, SimulatorHandle};
 
 use super::support::daemon::Harness;
 

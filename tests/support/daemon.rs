@@ -28,12 +28,10 @@ use bytes::Bytes;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use opencti_stream_exporter::readback::{ReadbackReport, read_back};
-use opencti_stream_exporter::simulator::{
-    DEFAULT_STREAM_ID, Simulator, SimulatorConfig, SimulatorHandle,
-};
 use opencti_stream_exporter::sink::{DirSink, S3Sink, Sink, file_number};
 use opencti_stream_exporter::transform::Action;
 use opencti_stream_exporter::transform::{TransformOptions, Transformed, transform};
+use simulator::{DEFAULT_STREAM_ID, Simulator, SimulatorConfig, SimulatorHandle};
 
 use super::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 

@@ -22,21 +22,30 @@
 //!   wall-clock ids vary).
 //! * **Speed.** Live frames are rendered once per chunk (about 1.8 µs of CPU per event) and
 //!   shared; a connection sends slices of them without copying, and its producer waits on a
-//!   bounded body channel (backpressure). Measured with `cargo bench --bench simulator_serve`
+//!   bounded body channel (backpressure). Measured with
+//!   `cargo bench -p opencti-simulator --bench simulator_serve`
 //!   (200,000 events of 2.2 KB, a plain reader in the same process, 2 shared cores): about
 //!   400,000 events/s (≈ 1 GB/s) pre-rendered ([`SimulatorConfig::prerender`]), about
 //!   210,000 events/s rendering while serving.
 //!
+//! # Independence
+//! This crate depends on nothing of the exporter's (not the exporter crate, not `wal`): its ids,
+//! dates and token are its own (`ids`, [`Token`]), so the [`oracle`] that judges an export shares
+//! no code with what it judges. The exporter uses it for its `demo` and `simulate` commands
+//! (behind its `simulator` feature) and in its tests and benchmarks.
+//!
 //! # Layout
 //! `config` (what to simulate) · `world` (knowledge base and live log skeleton) · `render`
 //! (OpenCTI's JSON shapes) · `stream` (one SSE connection) · `server` (routes, auth, storage,
-//! graphql) · `faults` · `served` (the served log) · `oracle` · `cli` (`simulate` subcommand).
+//! graphql) · `faults` · `served` (the served log) · `oracle` · `cli` (`simulate` subcommand) ·
+//! `ids` (stream ids and dates) · `token`.
 
 mod cli;
 mod config;
 mod cut;
 mod faults;
 mod graphql;
+mod ids;
 mod model;
 pub mod oracle;
 mod render;
@@ -46,6 +55,7 @@ mod server;
 mod storage;
 mod stream;
 mod text;
+mod token;
 mod world;
 mod write;
 
@@ -58,7 +68,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::ids::{EventId, iso, parse_position};
 pub use cli::{SimulateArgs, run};
 pub use config::{
     DEFAULT_STREAM_ID, EventMix, IdClock, RecoverWithoutStart, STOPPED_STREAM_ID, SimulatorConfig,
@@ -69,6 +78,7 @@ pub use faults::{
     PlanStep,
 };
 pub use graphql::GraphqlCall;
+pub use ids::{EventId, iso, parse_position};
 pub use model::{EventKind, IdentityKey, Role, StixId, StixType};
 pub use oracle::{Expectation, OracleReport};
 pub use render::{HOSTILE_URIS, OCTI_EXT, SCO_EXT};
@@ -76,8 +86,7 @@ pub use served::{
     ConnectionEnd, ConnectionRecord, InjectedRecord, RequestInfo, ServedEvent, ServedLog,
     StreamMode,
 };
-
-use crate::secret::Secret;
+pub use token::Token;
 
 /// A request to `/storage/get/…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +285,7 @@ impl SimulatorHandle {
     }
 
     /// The token clients must send (`None`: public).
-    pub fn token(&self) -> Option<&Secret> {
+    pub fn token(&self) -> Option<&Token> {
         self.shared.config.token.as_ref()
     }
 

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{DEFAULT_STREAM_ID, IdClock, STOPPED_STREAM_ID, SimulatorConfig, StreamDef};
 use super::{Simulator, SimulatorHandle};
 use crate::ids::now_ms;
-use crate::secret::Secret;
+use crate::token::Token;
 
 /// Options of `opencti-stream-exporter simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -135,7 +135,7 @@ fn config_from(args: &SimulateArgs) -> SimulatorConfig {
         seed: args.seed,
         live_events: args.events,
         knowledge_base: args.knowledge_base,
-        token: args.token.clone().map(Secret::new),
+        token: args.token.clone().map(Token::new),
         streams: vec![
             StreamDef::live(&args.stream_id),
             StreamDef::stopped(&args.stopped_stream_id),

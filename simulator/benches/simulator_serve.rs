@@ -2,14 +2,14 @@
 //! counts SSE frames). `cold`: every frame rendered while serving (no frame cache); `warm`: the
 //! corpus pre-rendered at start (`SimulatorConfig::prerender`).
 //!
-//! cargo bench --bench simulator_serve
+//! cargo bench -p opencti-simulator --bench simulator_serve
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
-use opencti_stream_exporter::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 
 const EVENTS: u64 = 200_000;
 

@@ -1,12 +1,12 @@
 //! `SimulateArgs` + `run` (the `simulate` subcommand) and the per-connection rate limit.
 
-mod simulator_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use opencti_stream_exporter::simulator::{SimulateArgs, SimulatorConfig, run};
-use simulator_common::*;
+use common::*;
+use simulator::{SimulateArgs, SimulatorConfig, run};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

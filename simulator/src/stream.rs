@@ -962,7 +962,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::SimulatorConfig;
+    use crate::SimulatorConfig;
 
     /// Rendering speed, for tuning: `cargo test --release --lib render_speed -- --ignored --nocapture`.
     #[test]

@@ -2,13 +2,13 @@
 //! the reason phrase, the body is empty), `/storage/get` (docs/opencti-protocol.md#attached-files)
 //! and `/graphql` register/ping (docs/opencti-protocol.md#state-storage).
 
-mod simulator_common;
+mod common;
 
 use std::time::Duration;
 
-use opencti_stream_exporter::simulator::{OCTI_EXT, STOPPED_STREAM_ID, SimulatorConfig, StreamDef};
+use common::*;
 use serde_json::json;
-use simulator_common::*;
+use simulator::{OCTI_EXT, STOPPED_STREAM_ID, SimulatorConfig, StreamDef};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_and_unknown_and_stopped_streams_answer_the_platform_statuses() {
@@ -166,7 +166,7 @@ async fn storage_serves_corpus_files_with_auth_and_records_every_path() {
 }
 
 async fn graphql(
-    sim: &opencti_stream_exporter::simulator::SimulatorHandle,
+    sim: &simulator::SimulatorHandle,
     body: serde_json::Value,
     auth: bool,
 ) -> serde_json::Value {

@@ -2,14 +2,14 @@
 //! dependencies, heartbeats (docs/opencti-protocol.md#stream-parameters,
 //! docs/opencti-protocol.md#start-position, docs/opencti-protocol.md#sse-wire-format).
 
-mod simulator_common;
+mod common;
 
 use std::time::Duration;
 
-use opencti_stream_exporter::simulator::{
+use common::*;
+use simulator::{
     EventId, IdClock, OCTI_EXT, RecoverWithoutStart, SimulatorConfig, StreamDef, StreamMode, iso,
 };
-use simulator_common::*;
 
 fn keys_in_order(value: &serde_json::Value) -> Vec<String> {
     value.as_object().expect("object").keys().cloned().collect()

@@ -1,15 +1,15 @@
 //! Every fault kind, observed with a plain client, and a seeded random campaign whose export the
 //! oracle accepts.
 
-mod simulator_common;
+mod common;
 
 use std::time::Duration;
 
-use opencti_stream_exporter::simulator::{
+use common::*;
+use simulator::{
     ConnectionEnd, EventId, FailStatus, Fault, FaultPlan, FaultPlanConfig, HOSTILE_URIS,
     InjectedEvent, OCTI_EXT, SimulatorConfig,
 };
-use simulator_common::*;
 
 fn data_frames(frames: &[SseFrame]) -> Vec<&SseFrame> {
     frames.iter().filter(|f| f.is_data_event()).collect()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::secret::Secret;
+use crate::token::Token;
 
 /// Everything that shapes a simulated platform. Two simulators with equal configurations (and
 /// the same calls to `append_live_events`) serve byte-identical data events, except when
@@ -19,7 +19,7 @@ pub struct SimulatorConfig {
     /// Shares of the event and content mix.
     pub mix: EventMix,
     /// The API token. `None`: every stream is public and `/storage/get` needs no token.
-    pub token: Option<Secret>,
+    pub token: Option<Token>,
     /// The live streams (`/stream/{id}`). Unknown ids answer 401
     /// (docs/opencti-protocol.md#auth-and-errors).
     pub streams: Vec<StreamDef>,
@@ -51,7 +51,7 @@ impl Default for SimulatorConfig {
             live_events: 1_000,
             knowledge_base: 200,
             mix: EventMix::default(),
-            token: Some(Secret::new("simulator-token")),
+            token: Some(Token::new("simulator-token")),
             streams: vec![
                 StreamDef::live(DEFAULT_STREAM_ID),
                 StreamDef::stopped(STOPPED_STREAM_ID),

@@ -311,7 +311,7 @@ fn merge(mut intervals: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::served::{ConnectionRecord, RequestInfo, ServedEvent};
+    use crate::served::{ConnectionRecord, RequestInfo, ServedEvent};
 
     fn key(ms: u64, uuid: &str) -> IdentityKey {
         IdentityKey {

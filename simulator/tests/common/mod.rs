@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use opencti_stream_exporter::simulator::{Simulator, SimulatorConfig, SimulatorHandle};
+use simulator::{Simulator, SimulatorConfig, SimulatorHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every wait in these tests ends by this deadline.

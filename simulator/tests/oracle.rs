@@ -1,11 +1,11 @@
 //! The oracle accepts a correct export (with a crash and a replay) and rejects a loss, a
 //! reordering, an invented line, an extra duplicate and an invalid line.
 
-mod simulator_common;
+mod common;
 
-use opencti_stream_exporter::simulator::SimulatorHandle;
-use opencti_stream_exporter::simulator::oracle::line_identity;
-use simulator_common::*;
+use common::*;
+use simulator::SimulatorHandle;
+use simulator::oracle::line_identity;
 
 /// Reads from `cursor` until the last live event; returns the exported lines of every data frame.
 async fn read_lines(
@@ -50,10 +50,7 @@ fn cursor_after(lines: &[Vec<u8>]) -> String {
     line_identity(line).expect("identity").id.to_string()
 }
 
-fn check(
-    sim: &SimulatorHandle,
-    lines: &[Vec<u8>],
-) -> opencti_stream_exporter::simulator::OracleReport {
+fn check(sim: &SimulatorHandle, lines: &[Vec<u8>]) -> simulator::OracleReport {
     sim.check_export(lines.iter().map(Vec::as_slice))
 }
 
@@ -145,13 +142,13 @@ async fn rejects_a_loss_a_reordering_an_invention_an_extra_duplicate_and_an_inva
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_objects_are_required_when_the_first_run_recovered() {
     let sim = start(small_config(42)).await;
-    let recover = opencti_stream_exporter::simulator::iso(sim.live_ids()[50].ms);
+    let recover = simulator::iso(sim.live_ids()[50].ms);
     let lines = read_lines(&sim, "0-0", Some(&recover), None).await;
     let report = check(&sim, &lines);
     assert!(report.is_ok(), "{report}");
     let recovered = sim.served().connections[0].recovery_plan.len();
     assert!(recovered > 50);
-    let recover_id = opencti_stream_exporter::simulator::EventId::new(sim.live_ids()[50].ms, 0);
+    let recover_id = simulator::EventId::new(sim.live_ids()[50].ms, 0);
     let live_after = sim.live_ids().iter().filter(|id| **id > recover_id).count();
     assert_eq!(report.expected, recovered + live_after);
     let index = lines
