@@ -4,7 +4,6 @@
 //! `quarantine N`, keeps the importer's numbering gapless, records exactly what was lost, and lets
 //! uploads go on.
 
-mod ops_common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +32,7 @@ fn last_live_id(sim: &SimulatorHandle) -> String {
 /// the plain lines of segment 1.
 async fn sealed_but_not_uploaded(sim: &SimulatorHandle, s3: &TestS3) -> (Harness, u16, Vec<Bytes>) {
     s3.stop();
-    let (harness, port) = ops_common::with_endpoint(
+    let (harness, port) = support::ops::with_endpoint(
         Harness::new(sim)
             .s3(s3, BUCKET)
             .live_log_only(sim)
@@ -65,8 +64,8 @@ async fn sealed_but_not_uploaded(sim: &SimulatorHandle, s3: &TestS3) -> (Harness
 
 /// Waits until the running daemon's durable cursor is `id` (its `/status`).
 async fn wait_until_durable(port: u16, id: &str) {
-    ops_common::poll_until("the events are durable", secs(60), || async {
-        ops_common::try_status(port)
+    support::ops::poll_until("the events are durable", secs(60), || async {
+        support::ops::try_status(port)
             .await
             .is_some_and(|status| status["cursor"] == id)
     })
@@ -202,7 +201,7 @@ async fn a_truncated_segment_is_reported_at_start_and_by_status_and_never_upload
         .expect("truncating segment 1");
 
     s3.restart();
-    let (harness, port) = ops_common::with_endpoint(harness);
+    let (harness, port) = support::ops::with_endpoint(harness);
     let mut daemon = harness.spawn();
     wait_until("the start-up reports the damaged file", secs(30), || {
         daemon
@@ -219,8 +218,8 @@ async fn a_truncated_segment_is_reported_at_start_and_by_status_and_never_upload
     .await;
     assert!(s3_keys(&s3, BUCKET).is_empty(), "nothing overtakes file 1");
     // The running daemon names it on /readyz and /status.
-    ops_common::poll_until("/readyz names the damaged file", secs(30), || async {
-        ops_common::get_json(port, "/readyz")
+    support::ops::poll_until("/readyz names the damaged file", secs(30), || async {
+        support::ops::get_json(port, "/readyz")
             .await
             .is_some_and(|(_, readiness)| {
                 readiness["damaged_segment"]
@@ -229,7 +228,7 @@ async fn a_truncated_segment_is_reported_at_start_and_by_status_and_never_upload
             })
     })
     .await;
-    let status = ops_common::status(port).await;
+    let status = support::ops::status(port).await;
     assert_eq!(status["damaged_files"][0]["file_number"], 1, "{status}");
     assert!(status["live"]["damaged_segment"].is_string(), "{status}");
     assert_eq!(daemon.terminate(secs(30)).await.code(), Some(0));

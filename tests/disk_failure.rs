@@ -7,14 +7,13 @@
 //! Mounting needs root, `mkfs.ext4` and loop devices, so the test is ignored by default;
 //! `.ci/run` runs it (as root) with the other ignored tests, and there a refused mount fails it.
 
-mod ops_common;
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use ops_common::{status, try_status, with_endpoint};
 use support::daemon::{BUCKET, Harness, secs, simulator_config, start_simulator};
+use support::ops::{status, try_status, with_endpoint};
 use support::s3::TestS3;
 
 /// An ext4 filesystem in a sparse file, mounted through a loop device; unmounted when dropped
@@ -114,7 +113,7 @@ async fn a_disk_failing_under_a_quiet_stream_ends_the_daemon_with_an_error() {
     let last = sim.live_ids().last().expect("a live log").to_string();
     let mut daemon = harness.spawn();
     // The durable cursor names the last event once everything read is in the WAL.
-    ops_common::poll_until("every live event is durable in the WAL", secs(30), || {
+    support::ops::poll_until("every live event is durable in the WAL", secs(30), || {
         let last = last.clone();
         async move {
             try_status(port)

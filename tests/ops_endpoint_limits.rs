@@ -3,15 +3,14 @@
 //! the optional bearer token guards `/metrics` and `/status` (and `status` sends it) while
 //! `/healthz` and `/readyz` stay open; `healthcheck` asks the address the daemon binds.
 
-mod ops_common;
 mod support;
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use ops_common::*;
 use support::daemon::*;
+use support::ops::*;
 use support::s3::TestS3;
 
 /// Raises this process's own descriptor limit to at least `wanted` (the test holds thousands of

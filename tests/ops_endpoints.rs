@@ -2,7 +2,6 @@
 //! in-process S3 server, asked over HTTP as Prometheus, an orchestrator and the `status` /
 //! `healthcheck` commands ask it.
 
-mod ops_common;
 mod support;
 
 use std::collections::BTreeSet;
@@ -10,9 +9,9 @@ use std::net::SocketAddr;
 
 use opencti_stream_exporter::ids::{EventId, parse_iso_ms};
 use opencti_stream_exporter::metrics::CATALOGUE;
-use ops_common::*;
 use simulator::Simulator;
 use support::daemon::*;
+use support::ops::*;
 use support::s3::TestS3;
 
 const NAME: &str = "ops-exporter";

@@ -3,14 +3,13 @@
 //! numbers files from `file_count + 1`; `verify` reads exports back as the stock importer does
 //! and fails on a gap, a file out of order, lines out of order and corrupt lines.
 
-mod ops_common;
 mod support;
 
 use std::path::{Path, PathBuf};
 
-use ops_common::*;
 use serde_json::json;
 use support::daemon::*;
+use support::ops::*;
 use support::s3::TestS3;
 
 /// Before the simulator's live log (2024-06-10T09:00Z): recovery ended before it, as on a

@@ -2,14 +2,13 @@
 //! simulator's `/graphql`, pings the state in the stock keys, keeps exporting while the API
 //! fails, and honours a state reset requested from the UI without renumbering files.
 
-mod ops_common;
 mod support;
 
 use opencti_stream_exporter::ids::iso;
-use ops_common::*;
 use serde_json::json;
 use simulator::FailStatus;
 use support::daemon::*;
+use support::ops::*;
 use support::s3::TestS3;
 
 const CONNECTOR_ID: &str = "0b9b6bd3-4b76-4e7c-9a0c-0f1c0f9d2f10";

@@ -5,13 +5,12 @@
 //! administrator or a scraper can read: every log line of both runs (JSON and text), `/status`,
 //! `/metrics`, `/healthz`, `/readyz`, the `status` and `verify` commands, the export itself.
 
-mod ops_common;
 mod support;
 
 use opencti_stream_exporter::secret::Secret;
-use ops_common::*;
 use simulator::{FailStatus, Token};
 use support::daemon::*;
+use support::ops::*;
 use support::s3::{SECRET_KEY, TestS3};
 
 const TOKEN: &str = "octi-token-7f3a9c1e5b2d4f60";

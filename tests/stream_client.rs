@@ -2,7 +2,7 @@
 //! position, dependency events, recovery parameters, error statuses, the idle watchdog,
 //! backpressure, and bad input.
 
-mod stream_support;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use opencti_stream_exporter::stream::ResumePosition;
 use opencti_stream_exporter::stream::stats::ReconnectReason;
 use opencti_stream_exporter::transform::Action;
-use stream_support::*;
+use support::stream::*;
 
 fn position(cursor: &str) -> ResumePosition {
     ResumePosition {

@@ -2,14 +2,14 @@
 //! leave OpenCTI, failures omit `data` (never `null`), size limits, and arrival order is kept
 //! while downloads run concurrently.
 
-mod stream_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use serde_json::Value;
-use stream_support::*;
+use support::stream::*;
 
 const OCTI: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
 

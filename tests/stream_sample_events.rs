@@ -3,7 +3,7 @@
 //! checked field by field against docs/opencti-protocol.md#exported-line, including
 //! `previous_standard` and the embedded file.
 
-mod stream_support;
+mod support;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use opencti_stream_exporter::stream::ResumePosition;
 use opencti_stream_exporter::transform::Action;
 use serde_json::{Map, Value};
-use stream_support::*;
+use support::stream::*;
 
 const FIXTURE: &[u8] = include_bytes!("fixtures/sample-events.sse");
 const OCTI: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";

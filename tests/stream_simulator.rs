@@ -3,7 +3,7 @@
 //! simulator's oracle checks the exported lines against what it served: nothing lost, nothing
 //! invented, arrival order kept (docs/architecture.md#invariant-2 for the OpenCTI side).
 
-mod stream_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,7 +16,7 @@ use simulator::{
     DEFAULT_STREAM_ID, FailStatus, Fault, InjectedEvent, Simulator, SimulatorConfig,
     SimulatorHandle, Token, iso,
 };
-use stream_support::*;
+use support::stream::*;
 
 async fn simulator(config: SimulatorConfig) -> SimulatorHandle {
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("literal address");

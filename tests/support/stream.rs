@@ -1,6 +1,5 @@
 //! Test stand-ins for the stream client's neighbours: a scripted OpenCTI (real HTTP on
 //! 127.0.0.1, port 0) and a minimal pipeline that answers `Sync` from what it received.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,6 @@
-//! Helpers of the operations tests (`tests/ops_*.rs`), on top of `support::daemon`'s harness:
+//! Helpers of the operations tests (`tests/ops_*.rs`), on top of [`super::daemon`]'s harness:
 //! turning the daemon's HTTP endpoint on at a free port, asking it, and polling async
 //! conditions with a deadline.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use simulator::{GraphqlCall, SimulatorHandle};
 
-use super::support::daemon::Harness;
+use super::daemon::Harness;
 
 /// How often async waits poll.
 const POLL: Duration = Duration::from_millis(50);
