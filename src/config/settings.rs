@@ -1,6 +1,9 @@
 //! Every configuration setting the exporter reads: its environment variable, its YAML path(s),
 //! its default and what it means. This table is the single source of truth for parsing, for
-//! `config.yml.sample` (a test checks the sample documents every key) and for the README.
+//! `config.yml.sample` (a test checks the sample documents every key) and for the README's
+//! settings table, which is generated from it ([`markdown`]; a test keeps the two equal).
+
+use std::fmt::Write as _;
 
 /// One configuration setting.
 #[derive(Debug, Clone, Copy)]
@@ -577,3 +580,30 @@ pub const ALL: &[Setting] = &[
     CONNECTOR_METRICS_TOKEN,
     CONNECTOR_METRICS_TOKEN_FILE,
 ];
+
+/// The settings as the README's Markdown table: environment variable, YAML path(s), default
+/// (`—` for none, `(empty)` for an empty one), whether the stock connector reads it, meaning.
+pub fn markdown() -> String {
+    let mut out =
+        String::from("| environment | YAML | default | stock | meaning |\n|---|---|---|---|---|\n");
+    for setting in ALL {
+        let yaml = setting
+            .yaml
+            .iter()
+            .map(|path| format!("`{}`", path.join(".")))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let default = match setting.default {
+            None => "—".to_string(),
+            Some("") => "(empty)".to_string(),
+            Some(value) => format!("`{value}`"),
+        };
+        let stock = if setting.stock { "yes" } else { "" };
+        let _ = writeln!(
+            out,
+            "| `{}` | {yaml} | {default} | {stock} | {} |",
+            setting.env, setting.help
+        );
+    }
+    out
+}
