@@ -264,7 +264,10 @@ async fn a_destination_unlisted_at_the_first_start_is_checked_before_the_first_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_volume_resumes_after_the_last_upload_without_reusing_a_number() {
-    let sim = start_simulator(simulator_config(1006, 8000)).await;
+    // Paced, so the first daemon is killed in the middle of the stream, not after its end.
+    let mut config = simulator_config(1006, 8000);
+    config.rate = Some(1_000);
+    let sim = start_simulator(config).await;
     let s3 = TestS3::start();
     // Only the ping after each upload can keep the platform's state current.
     let harness = harness(&sim, &s3).set("OPENCTI_PING_INTERVAL_SEC", "3600");
@@ -285,6 +288,14 @@ async fn a_lost_volume_resumes_after_the_last_upload_without_reusing_a_number() 
     std::fs::remove_dir_all(harness.wal_dir()).expect("the volume is lost");
 
     let mut daemon = harness.spawn();
+    // The new daemon has adopted (it is past start-up and handles SIGTERM) before the export is
+    // awaited: the files the first one uploaded may already hold the last event.
+    wait_until("the new daemon adopted", secs(30), || {
+        !daemon
+            .log_messages("adopted what was already delivered")
+            .is_empty()
+    })
+    .await;
     let export = run_to_the_end(&sim, &s3, &mut daemon, 1).await;
     // Gapless, no number reused, nothing missing; duplicates only of what was re-sent after the
     // adopted position.

@@ -5,14 +5,17 @@
 //! - **work**: the same reader framing the SSE events and parsing each data event's JSON with
 //!   serde_json (validated, nothing built: `IgnoredAny`), then dropping it — the least any
 //!   exporter must do;
-//! - **drain**: a plain PUT loop (aws-sdk-s3 over the exporter's HTTP client, bodies in memory,
-//!   `Content-MD5` computed beforehand) with the file sizes of the drain run, against the same
-//!   S3 server;
+//! - **drain** and **end to end**: a plain PUT loop (aws-sdk-s3 over the exporter's HTTP client,
+//!   bodies in memory, `Content-MD5` computed beforehand) with the file sizes of that run, against
+//!   the same S3 server;
+//! - **per-byte floor**: in process, on the NDJSON bytes the end-to-end run uploaded, exactly one
+//!   MD5, one zstd level-1 compression and one decompression, timed in CPU seconds of the thread
+//!   (reading the files is not counted): the least CPU a checked, compressed WAL pays per byte;
 //! - **commit**: fsync latency of the WAL's disk (a 4 KiB write then `fdatasync`), and durable
 //!   write bandwidth (1 MiB writes, each followed by `fdatasync`).
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -321,4 +324,43 @@ pub fn fsync(dir: &Path) -> anyhow::Result<FsyncFigure> {
         small_p50_ms: crate::median(&mut latencies),
         durable_mb_per_sec,
     })
+}
+
+/// The per-byte floor: CPU seconds for one MD5, one zstd level-1 compression and one
+/// decompression of `bytes` bytes.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct FloorFigure {
+    pub cpu_seconds: f64,
+    pub bytes: u64,
+}
+
+/// Measures the per-byte floor over the files at `paths`, one file in memory at a time.
+pub fn per_byte_floor(paths: &[PathBuf]) -> anyhow::Result<FloorFigure> {
+    let mut cpu_seconds = 0.0;
+    let mut bytes = 0;
+    for path in paths {
+        let plain = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let started = thread_cpu_seconds()?;
+        std::hint::black_box(Md5::digest(&plain));
+        let compressed = zstd::bulk::compress(&plain, 1).context("compressing")?;
+        let back = zstd::bulk::decompress(&compressed, plain.len()).context("decompressing")?;
+        std::hint::black_box(back.len());
+        cpu_seconds += thread_cpu_seconds()? - started;
+        bytes += plain.len() as u64;
+    }
+    Ok(FloorFigure { cpu_seconds, bytes })
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_seconds() -> anyhow::Result<f64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        bail!("clock_gettime: {}", std::io::Error::last_os_error());
+    }
+    Ok(now.tv_sec as f64 + now.tv_nsec as f64 / 1e9)
 }
