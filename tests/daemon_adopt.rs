@@ -148,7 +148,8 @@ async fn the_destination_ahead_of_a_stale_platform_state_wins() {
     plant_file(&s3, 6, future_ts - 1, &ids[..10], &ids[10]).await;
     plant_file(&s3, 7, future_ts, &ids[10..], &live_id(&sim, 151)).await;
 
-    let mut daemon = harness(&sim, &s3).spawn();
+    let harness = harness(&sim, &s3);
+    let mut daemon = harness.spawn();
     let export = run_to_the_end(&sim, &s3, &mut daemon, 6).await;
     // Numbering and key order go on from the planted files (their timestamp is in the future).
     export.assert_importable("json");
@@ -231,7 +232,8 @@ async fn a_destination_unlisted_at_the_first_start_is_checked_before_the_first_u
     )
     .await;
     s3.stop();
-    let mut daemon = harness(&sim, &s3).spawn();
+    let harness = harness(&sim, &s3);
+    let mut daemon = harness.spawn();
     wait_until("adoption from the platform alone", secs(30), || {
         !daemon
             .log_messages("adopted what was already delivered")

@@ -113,7 +113,9 @@ impl LogBook {
 /// during a panic prints the logs of every run.
 pub struct Harness {
     vars: BTreeMap<String, String>,
-    work: tempfile::TempDir,
+    /// The daemon's working directory, its WAL inside: shared with every [`Daemon`] spawned, so
+    /// it outlives them even when the harness is a temporary (`harness(..).spawn()`).
+    work: Arc<tempfile::TempDir>,
     logs: LogBook,
 }
 
@@ -122,7 +124,7 @@ impl Harness {
     /// backoffs, JSON logs and no metrics endpoint. Add a destination with [`Harness::s3`] or
     /// [`Harness::export_dir`].
     pub fn new(sim: &SimulatorHandle) -> Self {
-        let work = tempfile::tempdir().expect("temporary directory for the daemon");
+        let work = Arc::new(tempfile::tempdir().expect("temporary directory for the daemon"));
         let token = sim
             .token()
             .map(|t| t.expose().to_string())
@@ -260,6 +262,7 @@ impl Harness {
             lines,
             reader: Some(reader),
             exit: None,
+            _work: Arc::clone(&self.work),
         }
     }
 
@@ -343,6 +346,9 @@ pub struct Daemon {
     lines: RunLog,
     reader: Option<std::thread::JoinHandle<()>>,
     exit: Option<ExitStatus>,
+    /// Keeps the working directory (the WAL) until the process is gone: dropped after `Drop`
+    /// has killed it.
+    _work: Arc<tempfile::TempDir>,
 }
 
 impl Daemon {
