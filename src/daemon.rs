@@ -174,6 +174,7 @@ pub fn sink(config: &Config) -> anyhow::Result<Arc<dyn Sink>> {
                 warn_unverified("MINIO_CERT_CHECK=false", "S3");
             }
             settings.request_checksums = s3.checksums;
+            settings.upload_checksum = s3.upload_checksum;
             settings.response_checksums = s3.checksums;
             settings.multipart_threshold = config.upload.multipart_threshold;
             let sink = S3Sink::new(settings).context("configuring the S3 client")?;

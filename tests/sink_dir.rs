@@ -91,9 +91,11 @@ async fn a_corrupt_body_leaves_neither_file_nor_partial() {
     let sink = DirSink::new(dir.path());
     let good = BodySource::from_bytes(lines(100, "y"));
     let bytes = lines(100, "y");
-    let corrupt = BodySource::new(good.len, [9; 16], move || {
-        Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
-    });
+    let corrupt = BodySource::new(
+        good.len,
+        opencti_stream_exporter::sink::Checksum::Md5([9; 16]),
+        move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>),
+    );
 
     let err = sink.put("f/x.json", &corrupt).await.unwrap_err();
 

@@ -33,6 +33,18 @@ fn setup() -> Setup {
     Setup { s3, proxy, sink }
 }
 
+impl Setup {
+    /// The head of the request that went through the proxy starting with `start`, lowercased.
+    fn put_head(&self, start: &str) -> String {
+        self.proxy
+            .request_heads()
+            .iter()
+            .find(|h| h.starts_with(start))
+            .unwrap_or_else(|| panic!("{start} went through the proxy"))
+            .to_ascii_lowercase()
+    }
+}
+
 fn body() -> BodySource {
     BodySource::from_bytes(b"{\"id\":\"1-0\",\"type\":\"create\"}\n".repeat(1000))
 }
@@ -165,21 +177,18 @@ async fn the_upstream_down_behind_the_proxy_is_a_network_error() {
 }
 
 /// What goes on the wire, as a production server sees it: a signed PUT with a known length,
-/// `Content-MD5`, `UNSIGNED-PAYLOAD`, and no checksum trailer (which older MinIO refuses) unless
-/// asked for.
+/// the body's CRC32C in `x-amz-checksum-crc32c` (or its MD5 in `Content-MD5` when asked for),
+/// `UNSIGNED-PAYLOAD`, and no checksum trailer (which older MinIO refuses) unless asked for.
 #[tokio::test]
-async fn uploads_carry_content_md5_and_no_checksum_trailer_by_default() {
+async fn uploads_carry_their_checksum_header_and_no_checksum_trailer_by_default() {
     let t = setup();
     let body = body();
     t.sink.put("a.json", &body).await.unwrap();
-    let heads = t.proxy.request_heads();
-    let put = heads
-        .iter()
-        .find(|h| h.starts_with("PUT /faults/a.json"))
-        .expect("the PUT went through the proxy")
-        .to_ascii_lowercase();
+    let put = t.put_head("PUT /faults/a.json");
     assert!(
-        put.contains(&format!("content-md5: {}", body.md5_base64()).to_ascii_lowercase()),
+        put.contains(
+            &format!("x-amz-checksum-crc32c: {}", body.checksum_base64()).to_ascii_lowercase()
+        ),
         "{put}"
     );
     assert!(
@@ -191,24 +200,38 @@ async fn uploads_carry_content_md5_and_no_checksum_trailer_by_default() {
         "{put}"
     );
     assert!(put.contains("authorization: aws4-hmac-sha256"), "{put}");
-    assert!(put.contains("content-md5"), "{put}");
+    assert!(put.contains("x-amz-checksum-crc32c"), "{put}");
+    assert!(!put.contains("content-md5"), "{put}");
     assert!(!put.contains("x-amz-trailer"), "{put}");
-    assert!(!put.contains("x-amz-checksum"), "{put}");
     assert!(!put.contains("transfer-encoding"), "{put}");
     assert!(!put.contains(support::s3::SECRET_KEY), "{put}");
+
+    // Content-MD5 for servers that do not check x-amz-checksum-crc32c.
+    let mut settings = t.s3.settings(BUCKET);
+    settings.endpoint = t.proxy.endpoint();
+    settings.upload_checksum = opencti_stream_exporter::sink::UploadChecksum::Md5;
+    let md5_sink = S3Sink::new(settings).unwrap();
+    md5_sink.put("m.json", &body).await.unwrap();
+    let put = t.put_head("PUT /faults/m.json");
+    let md5 = BodySource::from_bytes(t.s3.read(BUCKET, "m.json").unwrap())
+        .with_md5()
+        .unwrap()
+        .checksum_base64();
+    assert!(
+        put.contains(&format!("content-md5: {md5}").to_ascii_lowercase()),
+        "{put}"
+    );
+    assert!(!put.contains("x-amz-checksum"), "{put}");
+    assert!(!put.contains("x-amz-trailer"), "{put}");
 
     // The opt-in: flexible checksums whenever supported (the SDK's own default).
     let mut settings = t.s3.settings(BUCKET);
     settings.endpoint = t.proxy.endpoint();
     settings.request_checksums = opencti_stream_exporter::sink::ChecksumPolicy::WhenSupported;
+    settings.upload_checksum = opencti_stream_exporter::sink::UploadChecksum::Md5;
     let sink = S3Sink::new(settings).unwrap();
     sink.put("b.json", &body).await.unwrap();
-    let heads = t.proxy.request_heads();
-    let put = heads
-        .iter()
-        .find(|h| h.starts_with("PUT /faults/b.json"))
-        .expect("the second PUT went through the proxy")
-        .to_ascii_lowercase();
+    let put = t.put_head("PUT /faults/b.json");
     assert!(
         put.contains("x-amz-checksum") || put.contains("x-amz-trailer"),
         "{put}"

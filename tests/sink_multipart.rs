@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
-use opencti_stream_exporter::sink::{BodySource, S3Settings, S3Sink, Sink, SinkErrorKind};
+use opencti_stream_exporter::sink::{
+    BodySource, Checksum, S3Settings, S3Sink, Sink, SinkErrorKind,
+};
 use support::proxy::{Canned, Fault, FaultProxy};
 use support::s3::TestS3;
 
@@ -53,7 +55,7 @@ fn generated(len: u64) -> Vec<u8> {
 fn generated_body(len: u64, md5: [u8; 16]) -> (BodySource, Arc<AtomicU64>) {
     let position = Arc::new(AtomicU64::new(0));
     let shared = position.clone();
-    let body = BodySource::new(len, md5, move || {
+    let body = BodySource::new(len, Checksum::Md5(md5), move || {
         Ok(Box::new(GeneratedReader {
             offset: 0,
             len,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use opencti_stream_exporter::secret::Secret;
 use opencti_stream_exporter::sink::{
-    BodySource, Compression, S3Sink, Sink, SinkErrorKind, file_number, object_key,
+    BodySource, Checksum, Compression, S3Sink, Sink, SinkErrorKind, UploadChecksum, file_number,
+    object_key,
 };
 use support::s3::TestS3;
 
@@ -27,7 +28,7 @@ fn ndjson(lines: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn put_then_get_round_trips_with_content_md5() {
+async fn put_then_get_round_trips_with_either_checksum_header() {
     let s3 = TestS3::start();
     let sink = S3Sink::new(s3.settings("exports")).unwrap();
     sink.prepare().await.unwrap();
@@ -45,6 +46,16 @@ async fn put_then_get_round_trips_with_content_md5() {
     assert_eq!(listed[0].key, key);
     assert_eq!(listed[0].size, bytes.len() as u64);
     assert_eq!(file_number(&listed[0].key), Some(1));
+
+    let mut settings = s3.settings("exports");
+    settings.upload_checksum = UploadChecksum::Md5;
+    let md5_sink = S3Sink::new(settings).unwrap();
+    let key = object_key("opencti-stream", 1_700_000_000_124, 2, Compression::None);
+    md5_sink
+        .put(&key, &BodySource::from_bytes(bytes.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s3.read("exports", &key).as_deref(), Some(&bytes[..]));
 }
 
 #[tokio::test]
@@ -70,55 +81,73 @@ async fn a_put_into_a_missing_bucket_says_no_such_bucket() {
 }
 
 #[tokio::test]
-async fn a_body_that_does_not_match_its_md5_is_refused_and_stores_nothing() {
+async fn a_body_that_does_not_match_its_checksum_is_refused_and_stores_nothing() {
     let s3 = TestS3::start();
     s3.create_bucket("bucket");
-    let sink = S3Sink::new(s3.settings("bucket")).unwrap();
     let bytes = pattern(3 * 1024 * 1024 + 5, 1);
     let good = BodySource::from_bytes(bytes.clone());
-    let mut wrong_md5 = good.md5;
-    wrong_md5[0] ^= 1;
-    let corrupt = BodySource::new(good.len, wrong_md5, move || {
-        Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
-    });
+    let Checksum::Crc32c(crc) = good.checksum else {
+        panic!("a body in memory carries its CRC32C");
+    };
+    for (upload, wrong) in [
+        (UploadChecksum::Crc32c, Checksum::Crc32c(crc ^ 1)),
+        (UploadChecksum::Md5, Checksum::Crc32c(crc ^ 1)),
+        (UploadChecksum::Crc32c, Checksum::Md5([7; 16])),
+    ] {
+        let mut settings = s3.settings("bucket");
+        settings.upload_checksum = upload;
+        let sink = S3Sink::new(settings).unwrap();
+        let bytes = bytes.clone();
+        let corrupt = BodySource::new(good.len, wrong, move || {
+            Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
+        });
 
-    let err = sink.put("f/stream_1_1.json", &corrupt).await.unwrap_err();
+        let err = sink.put("f/stream_1_1.json", &corrupt).await.unwrap_err();
 
-    assert_eq!(err.kind, SinkErrorKind::Integrity, "{err}");
-    assert!(s3.keys("bucket").is_empty(), "{:?}", s3.keys("bucket"));
+        assert_eq!(
+            err.kind,
+            SinkErrorKind::Integrity,
+            "{upload:?} {wrong:?}: {err}"
+        );
+        assert!(s3.keys("bucket").is_empty(), "{:?}", s3.keys("bucket"));
+    }
 }
 
+/// Bypasses the sink's own check: a raw PUT whose checksum header is wrong must be refused by
+/// the server (BadDigest), and must leave an earlier object under the same key untouched.
 #[tokio::test]
-async fn the_server_checks_content_md5_before_storing() {
-    // Bypass the sink's own check: a raw PUT whose Content-MD5 is wrong must be refused by the
-    // server (BadDigest), and must leave an earlier object under the same key untouched.
+async fn the_server_checks_the_checksum_header_before_storing() {
     let s3 = TestS3::start();
     s3.create_bucket("bucket");
     let sink = S3Sink::new(s3.settings("bucket")).unwrap();
     sink.put("k.json", &BodySource::from_bytes(&b"first\n"[..]))
         .await
         .unwrap();
-    let wrong = BodySource::from_bytes(&b"something else\n"[..]).md5_base64();
+    let other = BodySource::from_bytes(&b"something else\n"[..]);
 
-    let err = sink
-        .client()
-        .put_object()
-        .bucket("bucket")
-        .key("k.json")
-        .content_md5(wrong)
-        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"second\n"))
-        .send()
-        .await
-        .unwrap_err();
+    for md5 in [false, true] {
+        let request = sink.client().put_object().bucket("bucket").key("k.json");
+        let request = if md5 {
+            request.content_md5(other.with_md5().unwrap().checksum_base64())
+        } else {
+            request.checksum_crc32_c(other.checksum_base64())
+        };
+        let err = request
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"second\n"))
+            .send()
+            .await
+            .unwrap_err();
 
-    assert_eq!(
-        aws_sdk_s3::error::ProvideErrorMetadata::code(&err),
-        Some("BadDigest")
-    );
-    assert_eq!(
-        s3.read("bucket", "k.json").as_deref(),
-        Some(&b"first\n"[..])
-    );
+        assert_eq!(
+            aws_sdk_s3::error::ProvideErrorMetadata::code(&err),
+            Some("BadDigest"),
+            "md5: {md5}"
+        );
+        assert_eq!(
+            s3.read("bucket", "k.json").as_deref(),
+            Some(&b"first\n"[..])
+        );
+    }
 }
 
 #[tokio::test]
@@ -147,7 +176,7 @@ async fn a_body_reader_failure_fails_the_put_and_stores_nothing() {
     // Fails exactly at the end (all declared bytes read, then the checksum error at EOF) and
     // in the middle.
     for fail_at in [2 * 1024 * 1024, 700_000] {
-        let body = BodySource::new(2 * 1024 * 1024, [0; 16], move || {
+        let body = BodySource::new(2 * 1024 * 1024, Checksum::Crc32c(0), move || {
             Ok(Box::new(FailingReader { served: 0, fail_at }) as Box<dyn Read + Send>)
         });
         let err = sink.put("f/x.json", &body).await.unwrap_err();

@@ -6,8 +6,8 @@
 //!   serde_json (validated, nothing built: `IgnoredAny`), then dropping it — the least any
 //!   exporter must do;
 //! - **drain** and **end to end**: a plain PUT loop (aws-sdk-s3 over the exporter's HTTP client,
-//!   bodies in memory, `Content-MD5` computed beforehand) with the file sizes of that run, against
-//!   the same S3 server;
+//!   bodies in memory, their `x-amz-checksum-crc32c` computed beforehand, as the exporter sends
+//!   it) with the file sizes of that run, against the same S3 server;
 //! - **per-byte floor**: in process, on the NDJSON bytes the end-to-end run uploaded, exactly one
 //!   MD5, one zstd level-1 compression and one decompression, timed in CPU seconds of the thread
 //!   (reading the files is not counted): the least CPU a checked, compressed WAL pays per byte;
@@ -249,18 +249,20 @@ pub async fn put_loop(port: u16, sizes: &[u64], content: Bytes) -> anyhow::Resul
     let mut bodies = Vec::with_capacity(sizes.len());
     for &size in sizes {
         let body = body_of(&content, size);
-        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&body));
-        bodies.push((body, md5));
+        // The header the exporter sends by default, computed before the clock starts.
+        let crc =
+            base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&body).to_be_bytes());
+        bodies.push((body, crc));
     }
     let started = Instant::now();
-    for (index, (body, md5)) in bodies.into_iter().enumerate() {
+    for (index, (body, crc)) in bodies.into_iter().enumerate() {
         let length = body.len() as i64;
         sink.client()
             .put_object()
             .bucket("ceiling")
             .key(format!("put_{index}.json"))
             .content_length(length)
-            .content_md5(md5)
+            .checksum_crc32_c(crc)
             .content_type("application/octet-stream")
             .body(ByteStream::new(SdkBody::from_body_1_x(
                 http_body_util::Full::new(body),

@@ -69,7 +69,7 @@ pub async fn run(config: &Config, args: &QuarantineArgs) -> anyhow::Result<()> {
         None => match read_through(&wal, number).await {
             Err(why) => why,
             Ok(()) => bail!(
-                "file {number} is sound (its size and MD5 match what was sealed): nothing to \
+                "file {number} is sound (its size and checksum match what was sealed): nothing to \
                  quarantine; the daemon uploads it once the destination accepts it"
             ),
         },

@@ -36,7 +36,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the oldest waiting file through (size, zstd and MD5 checks): a file damaged in place
+/// Reads the oldest waiting file through (size, zstd and CRC32C checks): a file damaged in place
 /// keeps its size, so only reading it finds it, and uploads stop at the oldest one. Costs one
 /// read of at most `WRITE_MAX_BYTES`.
 fn check_oldest_file(wal: &wal::Wal, report: &mut StatusReport) {

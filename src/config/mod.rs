@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::secret::Secret;
-pub use crate::sink::{ChecksumPolicy, Compression, S3Settings};
+pub use crate::sink::{ChecksumPolicy, Compression, S3Settings, UploadChecksum};
 pub use crate::tls::TlsOptions;
 use settings::Setting;
 pub use source::Source;
@@ -135,6 +135,8 @@ pub struct S3 {
     pub tls: TlsOptions,
     /// Which request checksums the SDK adds.
     pub checksums: ChecksumPolicy,
+    /// The checksum header proving each PUT's body.
+    pub upload_checksum: UploadChecksum,
 }
 
 impl S3 {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use super::settings as s;
 use super::{
     ChecksumPolicy, Compression, ConfigError, Connector, Destination, Files, LiveStream, LogFormat,
-    OpenCti, Output, Reader, S3, StreamTuning, TlsOptions, Upload, WalSettings, Write, at_least,
-    bucket_name, folder, log_level, parse, s3_host,
+    OpenCti, Output, Reader, S3, StreamTuning, TlsOptions, Upload, UploadChecksum, WalSettings,
+    Write, at_least, bucket_name, folder, log_level, parse, s3_host,
 };
 
 /// `opencti.*`: the platform, its token and TLS.
@@ -167,6 +167,13 @@ pub(super) fn destination(r: &Reader<'_>) -> Result<Destination, ConfigError> {
                     other => Err(format!(
                         "expected when_required or when_supported, got {other:?}"
                     )),
+                }
+            })?,
+            upload_checksum: r.with_default(&s::MINIO_UPLOAD_CHECKSUM, |t| {
+                match t.trim().to_ascii_lowercase().as_str() {
+                    "crc32c" => Ok(UploadChecksum::Crc32c),
+                    "md5" => Ok(UploadChecksum::Md5),
+                    other => Err(format!("expected crc32c or md5, got {other:?}")),
                 }
             })?,
         }),

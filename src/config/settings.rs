@@ -303,7 +303,15 @@ setting!(
     [&["minio", "checksums"]],
     Some("when_required"),
     false,
-    "when_required (Content-MD5 only; works with older MinIO) or when_supported (SDK checksums too)."
+    "when_required (only our own checksum header; works with older MinIO) or when_supported (SDK CRC32 trailers too)."
+);
+setting!(
+    MINIO_UPLOAD_CHECKSUM,
+    "MINIO_UPLOAD_CHECKSUM",
+    [&["minio", "upload_checksum"]],
+    Some("crc32c"),
+    false,
+    "crc32c (x-amz-checksum-crc32c, checked by MinIO and AWS; no extra pass over the file) or md5 (Content-MD5, for servers that ignore x-amz-checksum-crc32c; reads each file once more)."
 );
 setting!(
     EXPORT_DIR,
@@ -552,6 +560,7 @@ pub const ALL: &[Setting] = &[
     MINIO_REGION,
     MINIO_COMPRESSION,
     MINIO_CHECKSUMS,
+    MINIO_UPLOAD_CHECKSUM,
     EXPORT_DIR,
     WRITE_EVERY_SEC,
     WRITE_MAX_BYTES,

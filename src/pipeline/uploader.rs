@@ -408,15 +408,15 @@ impl Uploader {
                 Box::new(wal.open_segment(number)?)
             })
         };
-        // Opening checks that the file is there; the reader checks size and MD5 at EOF (so the
-        // sink need not hash the bytes again).
+        // Opening checks that the file is there; the reader checks size and checksum at EOF (so
+        // the sink need not hash the bytes again).
         drop(open()?);
-        let (bytes, md5) = if stored {
-            (segment.stored_bytes, segment.stored_md5)
+        let (bytes, checksum) = if stored {
+            (segment.stored_bytes, segment.stored_checksum)
         } else {
-            (segment.raw_bytes, segment.raw_md5)
+            (segment.raw_bytes, segment.raw_checksum)
         };
-        Ok(BodySource::self_checking(bytes, md5, move || {
+        Ok(BodySource::self_checking(bytes, checksum, move || {
             open().map_err(std::io::Error::other)
         }))
     }

@@ -1,5 +1,5 @@
-//! The bytes of one upload: [`BodySource`], a reopenable reader of known length and MD5, and
-//! the machinery that streams it without holding it in memory and without ever completing an
+//! The bytes of one upload: [`BodySource`], a reopenable reader of known length and checksum,
+//! and the machinery that streams it without holding it in memory and without ever completing an
 //! upload whose bytes do not match.
 
 use std::fmt;
@@ -10,45 +10,45 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 use tokio::sync::mpsc;
+use wal::{Checksum, ChecksumHasher};
 
 use super::{SinkError, SinkErrorKind};
 
 type OpenFn = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
 
-/// The bytes of one object: their length and MD5, known in advance, and a way to read them,
-/// as many times as needed (each attempt opens a fresh reader).
+/// The bytes of one object: their length and checksum, known in advance, and a way to read
+/// them, as many times as needed (each attempt opens a fresh reader).
 ///
 /// For a plain NDJSON upload the uploader gives a reader that decompresses the zstd segment as
-/// it goes (the raw length and MD5 are in the segment's metadata); for `.json.zst` uploads, the
-/// stored file. Readers are blocking: sinks call them on tokio's blocking pool.
+/// it goes (the raw length and CRC32C are in the segment's metadata); for `.json.zst` uploads,
+/// the stored file. Readers are blocking: sinks call them on tokio's blocking pool.
 ///
 /// A reader may report corruption by failing (for example `io::ErrorKind::InvalidData` at EOF
 /// when the segment's checksum does not match): the upload then fails with
-/// [`SinkErrorKind::Integrity`] and nothing is stored. Sinks also check `len` and `md5`
+/// [`SinkErrorKind::Integrity`] and nothing is stored. Sinks also check `len` and `checksum`
 /// themselves while streaming.
 #[derive(Clone)]
 pub struct BodySource {
     /// Length in bytes.
     pub len: u64,
-    /// MD5 of the bytes (sent as `Content-MD5`).
-    pub md5: [u8; 16],
+    /// Checksum of the bytes (sent as `x-amz-checksum-crc32c` or `Content-MD5`).
+    pub checksum: Checksum,
     open: Arc<OpenFn>,
-    /// The readers check `len` and `md5` themselves (see [`BodySource::self_checking`]).
+    /// The readers check `len` and `checksum` themselves (see [`BodySource::self_checking`]).
     self_checking: bool,
 }
 
 impl BodySource {
-    /// A body of `len` bytes with MD5 `md5`, read through readers made by `open`.
+    /// A body of `len` bytes with checksum `checksum`, read through readers made by `open`.
     pub fn new(
         len: u64,
-        md5: [u8; 16],
+        checksum: Checksum,
         open: impl Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync + 'static,
     ) -> Self {
         Self {
             len,
-            md5,
+            checksum,
             open: Arc::new(open),
             self_checking: false,
         }
@@ -56,26 +56,52 @@ impl BodySource {
 
     /// Like [`BodySource::new`], for readers that already check their bytes: each one fails
     /// with `io::ErrorKind::InvalidData` instead of reaching EOF unless it yielded exactly `len`
-    /// bytes with MD5 `md5` (as the WAL's segment readers do). Sinks then still count the bytes
-    /// but do not hash them a second time, which saves one MD5 pass over every upload.
+    /// bytes with checksum `checksum` (as the WAL's segment readers do). Sinks then still count
+    /// the bytes but do not hash them a second time.
     pub fn self_checking(
         len: u64,
-        md5: [u8; 16],
+        checksum: Checksum,
         open: impl Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync + 'static,
     ) -> Self {
         Self {
             self_checking: true,
-            ..Self::new(len, md5, open)
+            ..Self::new(len, checksum, open)
         }
     }
 
-    /// A body held in memory (computes its MD5). For small objects and tests.
+    /// A body held in memory (computes its CRC32C). For small objects and tests.
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
         let bytes: Bytes = bytes.into();
-        let md5: [u8; 16] = Md5::digest(&bytes).into();
+        let checksum = Checksum::crc32c_of(&bytes);
         let len = bytes.len() as u64;
-        Self::new(len, md5, move || {
+        Self::new(len, checksum, move || {
             Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
+        })
+    }
+
+    /// The same bytes, declared with their MD5: reads the body through once (checking it
+    /// against its own checksum) to compute it. A body that has an MD5 already is returned as
+    /// it is. For servers that check `Content-MD5` only; blocking.
+    ///
+    /// # Errors
+    /// What reading the body reports, including a mismatch with its checksum.
+    pub fn with_md5(&self) -> io::Result<BodySource> {
+        if matches!(self.checksum, Checksum::Md5(_)) {
+            return Ok(self.clone());
+        }
+        let mut reader = self.open_checked()?;
+        let mut md5 = ChecksumHasher::md5();
+        let mut buf = vec![0u8; 128 * 1024];
+        loop {
+            let n = reader.read_full(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+        }
+        Ok(BodySource {
+            checksum: md5.finish(),
+            ..self.clone()
         })
     }
 
@@ -87,16 +113,26 @@ impl BodySource {
         (self.open)()
     }
 
-    /// The MD5 in base64, as the `Content-MD5` header wants it.
-    pub fn md5_base64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.md5)
+    /// The checksum in base64, as S3 wants it in `Content-MD5` or `x-amz-checksum-crc32c`
+    /// (the CRC32C's four bytes big-endian).
+    pub fn checksum_base64(&self) -> String {
+        checksum_base64(&self.checksum)
     }
 
     /// A reader that yields this body's bytes and fails instead of reaching EOF when they are
-    /// not exactly `len` bytes with MD5 `md5`.
+    /// not exactly `len` bytes with checksum `checksum`.
     pub(crate) fn open_checked(&self) -> io::Result<CheckedReader> {
-        let md5 = (!self.self_checking).then_some(self.md5);
-        Ok(CheckedReader::new(self.open()?, self.len, md5))
+        let checksum = (!self.self_checking).then_some(self.checksum);
+        Ok(CheckedReader::new(self.open()?, self.len, checksum))
+    }
+}
+
+/// A checksum in base64, as S3 headers carry it.
+pub(crate) fn checksum_base64(checksum: &Checksum) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match checksum {
+        Checksum::Crc32c(crc) => b64.encode(crc.to_be_bytes()),
+        Checksum::Md5(md5) => b64.encode(md5),
     }
 }
 
@@ -104,7 +140,7 @@ impl fmt::Debug for BodySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BodySource")
             .field("len", &self.len)
-            .field("md5", &self.md5_base64())
+            .field(self.checksum.algorithm(), &self.checksum_base64())
             .finish_non_exhaustive()
     }
 }
@@ -115,27 +151,28 @@ impl fmt::Debug for BodySource {
 pub(crate) struct BodyMismatch(String);
 
 /// Wraps a body reader: counts and hashes the bytes, fails as soon as there are more than
-/// `len`, and at EOF fails unless exactly `len` bytes with the expected MD5 went through. For a
-/// self-checking body ([`BodySource::self_checking`]) it leaves the MD5 to the inner reader.
+/// `len`, and at EOF fails unless exactly `len` bytes with the expected checksum went through.
+/// For a self-checking body ([`BodySource::self_checking`]) it leaves the checksum to the inner
+/// reader.
 pub(crate) struct CheckedReader {
     inner: Box<dyn Read + Send>,
     expected_len: u64,
-    /// `None` when the inner reader checks the MD5 itself.
-    expected_md5: Option<[u8; 16]>,
+    /// `None` when the inner reader checks the checksum itself.
+    expected: Option<Checksum>,
     read: u64,
-    hasher: Md5,
+    hasher: Option<ChecksumHasher>,
     /// Set once EOF was reached and checked: later reads keep returning `Ok(0)`.
     verified: bool,
 }
 
 impl CheckedReader {
-    fn new(inner: Box<dyn Read + Send>, expected_len: u64, expected_md5: Option<[u8; 16]>) -> Self {
+    fn new(inner: Box<dyn Read + Send>, expected_len: u64, expected: Option<Checksum>) -> Self {
         Self {
             inner,
             expected_len,
-            expected_md5,
+            expected,
             read: 0,
-            hasher: Md5::new(),
+            hasher: expected.as_ref().map(ChecksumHasher::like),
             verified: false,
         }
     }
@@ -188,14 +225,14 @@ impl CheckedReader {
                 self.read, self.expected_len
             )));
         }
-        if let Some(expected) = self.expected_md5 {
-            let actual: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
+        if let (Some(expected), Some(hasher)) = (self.expected, &self.hasher) {
+            let actual = hasher.finish();
             if actual != expected {
-                let b64 = base64::engine::general_purpose::STANDARD;
                 return Err(mismatch(format!(
-                    "the body's MD5 is {}, {} was declared",
-                    b64.encode(actual),
-                    b64.encode(expected)
+                    "the body's {} is {}, {} was declared",
+                    expected.algorithm(),
+                    checksum_base64(&actual),
+                    checksum_base64(&expected)
                 )));
             }
         }
@@ -222,14 +259,14 @@ impl Read for CheckedReader {
                 self.expected_len
             )));
         }
-        if self.expected_md5.is_some() {
-            self.hasher.update(&buf[..n]);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(&buf[..n]);
         }
         Ok(n)
     }
 }
 
-/// Classifies an error of a body reader: corruption (`InvalidData`, a length or MD5 mismatch,
+/// Classifies an error of a body reader: corruption (`InvalidData`, a length or checksum mismatch,
 /// an early EOF) is [`SinkErrorKind::Integrity`], anything else [`SinkErrorKind::Io`].
 pub(crate) fn body_error(err: &io::Error, what: &str) -> SinkError {
     let kind = match err.kind() {
@@ -376,26 +413,56 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_md5_fails_at_eof() {
+    fn a_wrong_checksum_fails_at_eof() {
         let good = BodySource::from_bytes(&b"hello\n"[..]);
-        let bad = BodySource::new(6, [0; 16], || {
+        for (wrong, name) in [
+            (Checksum::Crc32c(0), "CRC32C"),
+            (Checksum::Md5([0; 16]), "MD5"),
+        ] {
+            let bad = BodySource::new(6, wrong, || {
+                Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
+            });
+            assert_ne!(good.checksum, bad.checksum);
+            let err = drain(&bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_md5_of_a_body_is_computed_from_its_checked_bytes() {
+        let body = BodySource::from_bytes(&b"hello\n"[..]);
+        let with_md5 = body.with_md5().unwrap();
+        assert_eq!(with_md5.checksum, Checksum::md5_of(b"hello\n"));
+        assert_eq!(drain(&with_md5).unwrap(), b"hello\n");
+        let damaged = BodySource::new(6, Checksum::Crc32c(0), || {
             Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
         });
-        assert_ne!(good.md5, bad.md5);
-        let err = drain(&bad).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("MD5"), "{err}");
+        assert_eq!(
+            damaged.with_md5().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn checksums_are_encoded_as_s3_wants_them() {
+        let body = BodySource::from_bytes(&b"hello world"[..]);
+        assert_eq!(body.checksum_base64(), "yZRlqg==");
+        assert_eq!(
+            body.with_md5().unwrap().checksum_base64(),
+            "XrY7u+Ae7tCTyyK7j1rNww=="
+        );
     }
 
     #[test]
     fn a_self_checking_body_is_counted_not_hashed_again() {
-        // The declared MD5 is wrong, but the reader is trusted to check it: only the length is
+        // The declared checksum is wrong, but the reader is trusted to check it: only the length is
         // checked here.
-        let trusting = BodySource::self_checking(6, [0; 16], || {
+        let trusting = BodySource::self_checking(6, Checksum::Md5([0; 16]), || {
             Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
         });
         assert_eq!(drain(&trusting).unwrap(), b"hello\n");
-        let short = BodySource::self_checking(7, [0; 16], || {
+        let short = BodySource::self_checking(7, Checksum::Md5([0; 16]), || {
             Ok(Box::new(io::Cursor::new(b"hello\n".to_vec())) as Box<dyn Read + Send>)
         });
         assert!(
@@ -405,7 +472,7 @@ mod tests {
                 .contains("ended after 6")
         );
         // Its reader's own failure is what the sink reports.
-        let failing = BodySource::self_checking(6, [0; 16], || {
+        let failing = BodySource::self_checking(6, Checksum::Md5([0; 16]), || {
             Ok(Box::new(FailingAtEof(io::Cursor::new(b"hello\n".to_vec())))
                 as Box<dyn Read + Send>)
         });
@@ -427,8 +494,8 @@ mod tests {
 
     #[test]
     fn a_short_or_long_body_fails() {
-        let md5 = BodySource::from_bytes(&b"abc"[..]).md5;
-        let short = BodySource::new(4, md5, || {
+        let checksum = BodySource::from_bytes(&b"abc"[..]).checksum;
+        let short = BodySource::new(4, checksum, || {
             Ok(Box::new(io::Cursor::new(b"abc".to_vec())) as Box<dyn Read + Send>)
         });
         assert!(
@@ -437,7 +504,7 @@ mod tests {
                 .to_string()
                 .contains("ended after 3")
         );
-        let long = BodySource::new(2, md5, || {
+        let long = BodySource::new(2, checksum, || {
             Ok(Box::new(io::Cursor::new(b"abc".to_vec())) as Box<dyn Read + Send>)
         });
         assert!(drain(&long).unwrap_err().to_string().contains("longer"));
@@ -448,7 +515,7 @@ mod tests {
         use http_body_util::BodyExt;
         let len = CHUNK_BYTES * 3 + 17;
         let data = vec![7u8; len];
-        let body = BodySource::new(len as u64, [0; 16], move || {
+        let body = BodySource::new(len as u64, Checksum::Md5([0; 16]), move || {
             Ok(Box::new(io::Cursor::new(data.clone())) as Box<dyn Read + Send>)
         });
         let failure = Arc::new(OnceLock::new());

@@ -13,14 +13,16 @@
 //! # What "done" means
 //!
 //! [`Sink::put`] returning `Ok(())` means the whole object is stored under `key`, visible to
-//! readers (listing and reading), and its bytes are exactly the `len` bytes whose MD5 is `md5`
-//! in the [`BodySource`]. Anything else is an `Err`, and then **nothing partial is visible** under
-//! `key`: an S3 single PUT is atomic, a multipart upload is aborted, a directory write goes to a
+//! readers (listing and reading), and its bytes are exactly the `len` bytes whose checksum is
+//! `checksum` in the [`BodySource`]. Anything else is an `Err`, and then **nothing partial is
+//! visible** under `key`: an S3 single PUT is atomic, a multipart upload is aborted, a directory write goes to a
 //! temporary name that is only renamed into place after an fsync.
 //!
-//! The MD5 is checked twice: by the sink while it streams (it refuses to send the last bytes of
-//! a body whose length or MD5 does not match, so a corrupt segment never completes an upload),
-//! and by the S3 server through `Content-MD5` on every PUT and every part.
+//! The checksum is checked twice: while the body streams (it refuses to send the last bytes of a
+//! body whose length or checksum does not match, so a corrupt segment never completes an
+//! upload; the WAL's segment reader does it for uploads of segments), and by the S3 server
+//! through `x-amz-checksum-crc32c` or `Content-MD5` on every PUT and `Content-MD5` on every part
+//! (see [`s3`] for which servers check what).
 //!
 //! # What may be called twice
 //!
@@ -47,7 +49,10 @@ pub use body::BodySource;
 pub use dir::DirSink;
 pub use error::{SinkError, SinkErrorKind};
 pub use key::{Compression, file_number, object_key};
-pub use s3::{ChecksumPolicy, S3Settings, S3Sink};
+pub use s3::{ChecksumPolicy, S3Settings, S3Sink, UploadChecksum};
+/// The checksum a [`BodySource`] declares (the WAL's: CRC32C, or MD5 for segments it sealed in
+/// format 1).
+pub use wal::Checksum;
 
 /// One object as listed by [`Sink::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +75,7 @@ pub trait Sink: Send + Sync {
     /// Stores `body` under `key`, in one attempt.
     ///
     /// `Ok(())`: the object is complete, visible, and holds exactly the body's bytes (length
-    /// and MD5 checked). `Err`: nothing partial is visible under `key` (an object stored earlier
+    /// and checksum checked). `Err`: nothing partial is visible under `key` (an object stored earlier
     /// under the same key stays as it was, except for a directory sink, which never leaves a
     /// mix). Streams the body: memory use is bounded by the sink's buffers (a few MiB, or the
     /// multipart part size times the part concurrency), never by the body's size.

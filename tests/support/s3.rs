@@ -340,7 +340,8 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// `s3s-fs` with `Content-MD5` checked before storing and empty delimiters ignored.
+/// `s3s-fs` with `Content-MD5` and `x-amz-checksum-crc32c` checked before storing, and empty
+/// delimiters ignored.
 struct CheckedFs {
     inner: s3s_fs::FileSystem,
     root: PathBuf,
@@ -360,29 +361,61 @@ impl CheckedFs {
     }
 }
 
-/// Replaces `body` by a stream that fails at its end when its MD5 is not `content_md5`, and
-/// returns the flag that tells whether it failed that way. A failing stream makes s3s-fs drop
-/// its temporary file instead of renaming it into place.
-fn check_md5(
+/// The checksums a request declares for its body: `Content-MD5` and `x-amz-checksum-crc32c`.
+struct Declared {
+    md5: Option<[u8; 16]>,
+    crc32c: Option<u32>,
+}
+
+impl Declared {
+    fn parse(content_md5: Option<&str>, checksum_crc32c: Option<&str>) -> S3Result<Self> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let md5 = content_md5
+            .map(|text| {
+                b64.decode(text)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| {
+                        s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid.")
+                    })
+            })
+            .transpose()?;
+        let crc32c = checksum_crc32c
+            .map(|text| {
+                b64.decode(text)
+                    .ok()
+                    .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| {
+                        s3_error!(InvalidRequest, "The x-amz-checksum-crc32c is invalid.")
+                    })
+            })
+            .transpose()?;
+        Ok(Declared { md5, crc32c })
+    }
+}
+
+/// Replaces `body` by a stream that fails at its end when it does not match the checksums it
+/// was declared with, and returns the flag that tells whether it failed that way. A failing
+/// stream makes s3s-fs drop its temporary file instead of renaming it into place (s3s-fs checks
+/// `x-amz-checksum-crc32c` itself only after the rename).
+fn check_body(
     body: &mut Option<StreamingBlob>,
-    content_md5: Option<&str>,
+    declared: Declared,
 ) -> S3Result<Option<Arc<AtomicBool>>> {
-    let Some(content_md5) = content_md5 else {
+    if declared.md5.is_none() && declared.crc32c.is_none() {
         return Ok(None);
-    };
-    let expected: [u8; 16] = base64::engine::general_purpose::STANDARD
-        .decode(content_md5)
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or_else(|| s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid."))?;
+    }
     let Some(inner) = body.take() else {
         return Ok(None);
     };
     let mismatch = Arc::new(AtomicBool::new(false));
-    *body = Some(StreamingBlob::new(Md5CheckedStream {
+    *body = Some(StreamingBlob::new(CheckedStream {
         inner,
-        hasher: Some(Md5::new()),
-        expected,
+        md5: Md5::new(),
+        crc32c: 0,
+        declared,
+        finished: false,
         mismatch: mismatch.clone(),
     }));
     Ok(Some(mismatch))
@@ -391,42 +424,50 @@ fn check_md5(
 fn bad_digest() -> s3s::S3Error {
     s3_error!(
         BadDigest,
-        "The Content-MD5 you specified did not match what we received."
+        "The checksum you specified did not match what we received."
     )
 }
 
-struct Md5CheckedStream {
+struct CheckedStream {
     inner: StreamingBlob,
-    hasher: Option<Md5>,
-    expected: [u8; 16],
+    md5: Md5,
+    crc32c: u32,
+    declared: Declared,
+    finished: bool,
     mismatch: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("Content-MD5 mismatch")]
-struct Md5Mismatch;
+#[error("checksum mismatch")]
+struct ChecksumMismatch;
 
-impl Stream for Md5CheckedStream {
+impl Stream for CheckedStream {
     type Item = Result<Bytes, s3s::StdError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
-                if let Some(hasher) = self.hasher.as_mut() {
-                    hasher.update(&bytes);
+                if self.declared.md5.is_some() {
+                    self.md5.update(&bytes);
                 }
+                self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes);
                 Poll::Ready(Some(Ok(bytes)))
             }
             Poll::Ready(None) => {
-                let Some(hasher) = self.hasher.take() else {
+                if std::mem::replace(&mut self.finished, true) {
                     return Poll::Ready(None);
-                };
-                let actual: [u8; 16] = hasher.finalize().into();
-                if actual == self.expected {
+                }
+                let md5: [u8; 16] = std::mem::take(&mut self.md5).finalize().into();
+                let md5_ok = self.declared.md5.is_none_or(|expected| expected == md5);
+                let crc_ok = self
+                    .declared
+                    .crc32c
+                    .is_none_or(|expected| expected == self.crc32c);
+                if md5_ok && crc_ok {
                     Poll::Ready(None)
                 } else {
                     self.mismatch.store(true, Ordering::SeqCst);
-                    Poll::Ready(Some(Err(Box::new(Md5Mismatch))))
+                    Poll::Ready(Some(Err(Box::new(ChecksumMismatch))))
                 }
             }
             other => other,
@@ -438,7 +479,7 @@ impl Stream for Md5CheckedStream {
     }
 }
 
-impl ByteStream for Md5CheckedStream {
+impl ByteStream for CheckedStream {
     fn remaining_length(&self) -> RemainingLength {
         self.inner.remaining_length()
     }
@@ -451,8 +492,11 @@ impl S3 for CheckedFs {
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.require_bucket(&req.input.bucket)?;
-        let content_md5 = req.input.content_md5.clone();
-        let mismatch = check_md5(&mut req.input.body, content_md5.as_deref())?;
+        let declared = Declared::parse(
+            req.input.content_md5.as_deref(),
+            req.input.checksum_crc32c.as_deref(),
+        )?;
+        let mismatch = check_body(&mut req.input.body, declared)?;
         let result = self.inner.put_object(req).await;
         match (result, mismatch) {
             (Err(_), Some(flag)) if flag.load(Ordering::SeqCst) => Err(bad_digest()),
@@ -464,8 +508,11 @@ impl S3 for CheckedFs {
         &self,
         mut req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let content_md5 = req.input.content_md5.clone();
-        let mismatch = check_md5(&mut req.input.body, content_md5.as_deref())?;
+        let declared = Declared::parse(
+            req.input.content_md5.as_deref(),
+            req.input.checksum_crc32c.as_deref(),
+        )?;
+        let mismatch = check_body(&mut req.input.body, declared)?;
         let result = self.inner.upload_part(req).await;
         match (result, mismatch) {
             (Err(_), Some(flag)) if flag.load(Ordering::SeqCst) => Err(bad_digest()),

@@ -21,7 +21,10 @@ pub(crate) const FORMAT_FILE: &str = "WAL_FORMAT";
 /// The temporary name the marker is written under before its rename.
 const FORMAT_TMP_FILE: &str = "WAL_FORMAT.tmp";
 /// What the marker holds for this format.
-pub(crate) const FORMAT: &str = "opencti-stream-exporter wal 1";
+pub(crate) const FORMAT: &str = "opencti-stream-exporter wal 2";
+/// The marker of WAL format 1, which this version reads as it is (see `layout.rs`) and marks as
+/// format 2 at open, so that a version that only knows format 1 refuses it from then on.
+const FORMAT_1: &str = "opencti-stream-exporter wal 1";
 /// The folder of sealed segment files.
 pub(crate) const SEGMENTS_DIR: &str = "segments";
 
@@ -118,6 +121,15 @@ fn check_or_write_format(dir: &Path) -> Result<(), WalError> {
     let marker = dir.join(FORMAT_FILE);
     match std::fs::read_to_string(&marker) {
         Ok(found) if found.trim_end() == FORMAT => return Ok(()),
+        Ok(found) if found.trim_end() == FORMAT_1 => {
+            write_atomically(&marker, format!("{FORMAT}\n").as_bytes())?;
+            tracing::info!(
+                dir = %dir.display(),
+                "WAL of format 1 opened: its records and segments are read as they are, new ones \
+                 are written in format 2"
+            );
+            return Ok(());
+        }
         Ok(found) => {
             return Err(WalError::UnsupportedFormat {
                 path: marker,

@@ -19,7 +19,7 @@ pub enum SegmentProblem {
         /// Length found on disk.
         found: u64,
     },
-    /// The file's MD5 differs from the one recorded when it was sealed.
+    /// The file's checksum differs from the one recorded when it was sealed.
     BadChecksum,
     /// The file could not be inspected (permission, I/O error); the text says why.
     Unreadable(String),
@@ -35,7 +35,7 @@ impl std::fmt::Display for SegmentProblem {
             SegmentProblem::BadChecksum => {
                 write!(
                     f,
-                    "its file does not match the MD5 recorded when it was sealed"
+                    "its file does not match the checksum recorded when it was sealed"
                 )
             }
             SegmentProblem::Unreadable(why) => write!(f, "its file cannot be read: {why}"),

@@ -39,6 +39,35 @@ pub(crate) struct FrameHeader {
     pub cursor_before: Option<String>,
     /// Cursor-setting appends, in order.
     pub marks: Vec<CursorMark>,
+    /// CRC32C of the raw content; `None` only in frames written by WAL format 1.
+    pub raw_crc32c: Option<u32>,
+}
+
+/// A frame header as WAL format 1 wrote it (without the content's CRC32C).
+#[derive(Deserialize)]
+struct FrameHeaderV1 {
+    first_seq: u64,
+    record_lens: Vec<u64>,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    chunks: u32,
+    cursor_before: Option<String>,
+    marks: Vec<CursorMark>,
+}
+
+impl From<FrameHeaderV1> for FrameHeader {
+    fn from(old: FrameHeaderV1) -> Self {
+        FrameHeader {
+            first_seq: old.first_seq,
+            record_lens: old.record_lens,
+            raw_bytes: old.raw_bytes,
+            stored_bytes: old.stored_bytes,
+            chunks: old.chunks,
+            cursor_before: old.cursor_before,
+            marks: old.marks,
+            raw_crc32c: None,
+        }
+    }
 }
 
 impl FrameHeader {
@@ -71,7 +100,12 @@ impl FrameHeader {
         let bytes = store
             .get(&layout::frame_header_key(seq))?
             .ok_or_else(|| WalError::corrupt(format!("the header of frame {seq} is missing")))?;
-        layout::decode(&bytes, &format!("the header of frame {seq}"))
+        Self::decode(&bytes, &format!("the header of frame {seq}"))
+    }
+
+    /// Decodes a stored header, of this format or of WAL format 1.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<FrameHeader, WalError> {
+        layout::decode_upgrading::<FrameHeader, FrameHeaderV1>(bytes, what)
     }
 }
 
@@ -245,6 +279,7 @@ mod tests {
                     cursor: cursor.into(),
                 })
                 .collect(),
+            raw_crc32c: None,
         }
     }
 

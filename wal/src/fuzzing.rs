@@ -17,13 +17,13 @@ pub fn decode_database_value(bytes: &[u8]) -> usize {
         let _ = state.public();
         decoded += 1;
     }
-    if let Ok(header) = layout::decode::<FrameHeader>(bytes, "a frame header") {
+    if let Ok(header) = FrameHeader::decode(bytes, "a frame header") {
         let records = header.records();
         let _ = header.cursor_at(records);
         let _ = header.raw_len(0, records);
         decoded += 1;
     }
-    if layout::decode::<SegmentMeta>(bytes, "a segment entry").is_ok() {
+    if SegmentMeta::decode(bytes, "a segment entry").is_ok() {
         decoded += 1;
     }
     decoded

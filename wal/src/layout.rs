@@ -34,8 +34,13 @@ const SEGMENT_PREFIX: u8 = b'G';
 /// power-cut test (`tests/powercut.rs`) runs such commits.
 pub(crate) const CHUNK_BYTES: usize = 4 * 1024;
 
-/// Version byte in front of every encoded value.
-const VALUE_VERSION: u8 = 1;
+/// Version byte in front of every value this version encodes.
+///
+/// Version 2 (WAL format 2) added the content's CRC32C to frame headers and replaced the MD5s of
+/// segment entries with CRC32Cs; the state's form is the same in both.
+const VALUE_VERSION: u8 = 2;
+/// Version byte of the values WAL format 1 wrote, still read (see [`decode_upgrading`]).
+const LEGACY_VALUE_VERSION: u8 = 1;
 
 /// Most bytes a decoded value may claim. bincode allocates a string or a list of the length a
 /// value announces before reading it: without a bound, a damaged value announcing exabytes
@@ -94,28 +99,43 @@ pub(crate) fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Wal
     Ok(out)
 }
 
-/// Decodes a value read from the database; `what` names it in errors.
+/// Decodes a value read from the database whose form is the same in every version; `what`
+/// names it in errors.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, WalError> {
+    decode_upgrading::<T, T>(bytes, what)
+}
+
+/// Decodes a value read from the database: a current one as `T`, one written by WAL format 1 as
+/// `Old`, converted. A value of any other version is corrupt.
+pub(crate) fn decode_upgrading<T, Old>(bytes: &[u8], what: &str) -> Result<T, WalError>
+where
+    T: DeserializeOwned,
+    Old: DeserializeOwned + Into<T>,
+{
     match bytes.split_first() {
-        Some((&VALUE_VERSION, body)) => {
-            let (value, used) = bincode::serde::decode_from_slice(
-                body,
-                bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>(),
-            )
-            .map_err(|e| WalError::corrupt(format!("{what} does not decode: {e}")))?;
-            if used != body.len() {
-                return Err(WalError::corrupt(format!(
-                    "{what} has {} trailing bytes",
-                    body.len() - used
-                )));
-            }
-            Ok(value)
-        }
+        Some((&VALUE_VERSION, body)) => decode_body(body, what),
+        Some((&LEGACY_VALUE_VERSION, body)) => decode_body::<Old>(body, what).map(Into::into),
         Some((version, _)) => Err(WalError::corrupt(format!(
-            "{what} has value version {version}, this build reads {VALUE_VERSION}"
+            "{what} has value version {version}, this build reads {LEGACY_VALUE_VERSION} and \
+             {VALUE_VERSION}"
         ))),
         None => Err(WalError::corrupt(format!("{what} is empty"))),
     }
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, WalError> {
+    let (value, used) = bincode::serde::decode_from_slice(
+        body,
+        bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>(),
+    )
+    .map_err(|e| WalError::corrupt(format!("{what} does not decode: {e}")))?;
+    if used != body.len() {
+        return Err(WalError::corrupt(format!(
+            "{what} has {} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -133,11 +153,18 @@ mod tests {
     }
 
     #[test]
-    fn values_round_trip_and_reject_other_versions() {
+    fn values_round_trip_read_format_1_and_reject_other_versions() {
         let value = (7u64, Some("cursor".to_string()));
         let bytes = encode(&value, "a test value").unwrap();
         let back: (u64, Option<String>) = decode(&bytes, "a test value").unwrap();
         assert_eq!(back, value);
+
+        let mut legacy = bytes.clone();
+        legacy[0] = LEGACY_VALUE_VERSION;
+        assert_eq!(
+            decode::<(u64, Option<String>)>(&legacy, "a test value").unwrap(),
+            value
+        );
 
         let mut other = bytes.clone();
         other[0] = 9;
@@ -148,5 +175,40 @@ mod tests {
         trailing.push(0);
         assert!(decode::<(u64, Option<String>)>(&trailing, "a test value").is_err());
         assert!(decode::<u64>(&[], "a test value").is_err());
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Old(u64);
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct New(u64, bool);
+
+    impl From<Old> for New {
+        fn from(old: Old) -> New {
+            New(old.0, false)
+        }
+    }
+
+    #[test]
+    fn a_format_1_value_is_converted_and_a_current_one_read_as_it_is() {
+        let old = encode(&7u64, "old").unwrap();
+        let mut legacy = old.clone();
+        legacy[0] = LEGACY_VALUE_VERSION;
+        assert_eq!(
+            decode_upgrading::<New, Old>(&legacy, "v").unwrap(),
+            New(7, false)
+        );
+        let current = encode(&(7u64, true), "new").unwrap();
+        assert_eq!(
+            decode_upgrading::<New, Old>(&current, "v").unwrap(),
+            New(7, true)
+        );
+        // A current value is never read with the old form.
+        assert!(decode_upgrading::<New, Old>(&old, "v").is_err());
     }
 }

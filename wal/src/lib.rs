@@ -21,11 +21,11 @@
 //!   it on a file system that forgets whatever was not synced.
 //! - Memory does not grow with the backlog or the outage: a commit holds at most
 //!   `max_commit_bytes` (1 MiB) of records plus one request (three commits at most are in memory:
-//!   syncing, planned, being planned), a seal streams frame by frame through four 128 KiB blocks,
-//!   nothing keeps a per-record index in memory, and sealed frames are removed a few MiB per
-//!   commit. sled itself keeps recently written values in memory until its LRU catches up (about
-//!   16 MiB of compressed records, whatever `cache_bytes` says), so the WAL's resident memory is
-//!   about 20 MiB plus up to a quarter of the raw size of the largest segments sealed. Peak RSS of a
+//!   syncing, planned, being planned), a seal streams frame by frame (copied frames chunk by
+//!   chunk, recompressed ones through one 128 KiB block), nothing keeps a per-record index in
+//!   memory, and sealed frames are removed a few MiB per commit. sled itself keeps recently
+//!   written values in memory until its LRU catches up (about 16 MiB of compressed records,
+//!   whatever `cache_bytes` says), so the WAL's resident memory is about 20 MiB plus up to a quarter of the raw size of the largest segments sealed. Peak RSS of a
 //!   whole process streaming 2 KB records through it (`examples/wal_probe.rs`, several runs):
 //!   29–34 MiB with 4 MiB segments, 35–36 MiB with 16 MiB, 50–59 MiB with 64 MiB segments; it
 //!   varies with how far sled's LRU lags, and glibc's per-thread arenas take part of it
@@ -38,7 +38,7 @@
 //! # On-disk layout
 //!
 //! ```text
-//! <dir>/WAL_FORMAT                       "opencti-stream-exporter wal 1"
+//! <dir>/WAL_FORMAT                       "opencti-stream-exporter wal 2" (see format 1 below)
 //! <dir>/LOCK                             held with flock while open
 //! <dir>/db/                              sled 0.34 (conf, db, blobs/, snap.*)
 //! <dir>/segments/{N:020}.ndjson.zst      sealed segment N (zstd frames; content = NDJSON)
@@ -51,13 +51,19 @@
 //!   upload, extras (the public [`WalState`]), plus the next record and frame sequence numbers and
 //!   the first unsealed position (frame, record index in the frame, raw byte offset, sequence).
 //! - `H` + frame (u64 BE) → frame header: first record's sequence, every record's length, raw and
-//!   stored sizes, chunk count, the cursor before the frame, and a (record count, cursor) mark for
-//!   each append of the commit that set a cursor.
+//!   stored sizes, chunk count, the cursor before the frame, a (record count, cursor) mark for
+//!   each append of the commit that set a cursor, and the CRC32C of the raw content.
 //! - `C` + frame (u64 BE) + chunk (u32 BE) → up to 4 KiB of the frame's zstd bytes. The frame's
 //!   content is NDJSON (each record + `\n`), with zstd's content checksum.
 //! - `G` + number (u64 BE) → [`SegmentMeta`]: number, 13-digit timestamp, first and last cursor,
-//!   first record's sequence, record count, raw size and MD5 (Content-Length and Content-MD5 of a
-//!   plain upload), stored size and MD5 (for uploading the `.zst` as is), seal time.
+//!   first record's sequence, record count, raw size and CRC32C (Content-Length and
+//!   `x-amz-checksum-crc32c` of a plain upload), stored size and CRC32C (for uploading the `.zst`
+//!   as is), seal time.
+//!
+//! Format 1 (marker `wal 1`, value version byte 1) had no CRC32C in frame headers and MD5s in
+//! segment entries. Its values are read as they are, whatever the backlog: a frame without a
+//! CRC32C is decompressed when sealed to compute one, a segment with MD5s is checked against them
+//! ([`Checksum::Md5`]). Opening one rewrites only the marker.
 //!
 //! # Life of a record
 //!
@@ -70,13 +76,15 @@
 //!    every request of the commit, in order. The planner compresses the next commit meanwhile.
 //! 3. [`Wal::seal`] takes the oldest unsealed records up to a byte limit (splitting a frame if
 //!    needed), writes them to `segments/N.tmp` (whole frames of 64 KiB or more copied as stored,
-//!    the rest recompressed; the raw MD5 computed on a helper thread), fsyncs, renames, fsyncs the
-//!    directory; then one commit registers `G`+N, moves the first unsealed position and bumps the
-//!    next file number and last timestamp. Frames below the first unsealed position are garbage:
-//!    nothing reads them, and the writer removes them, oldest first, at most 256 chunks per commit
-//!    (in commits of their own when nothing else comes), and at the next open if it stopped first.
+//!    without decompressing them, their CRC32Cs combined; the rest recompressed), fsyncs, renames,
+//!    fsyncs the directory; then one commit registers `G`+N, moves the first unsealed position
+//!    and bumps the next file number and last timestamp. Frames below the first unsealed position
+//!    are garbage: nothing reads them, and the writer removes them, oldest first, at most 256
+//!    chunks per commit (in commits of their own when nothing else comes), and at the next open if
+//!    it stopped first.
 //! 4. The uploader reads [`Wal::segments`] in order, streams one with [`Wal::open_segment`]
-//!    (raw NDJSON, MD5 and size verified at the end) or [`Wal::open_segment_stored`], and after
+//!    (raw NDJSON, decompressed once; each zstd frame's checksum, and the CRC32C and size of the
+//!    whole, verified) or [`Wal::open_segment_stored`], and after
 //!    a successful upload calls [`Wal::mark_uploaded`]: one commit removes `G`+N and records the
 //!    upload, then the file is deleted.
 //!
@@ -107,6 +115,7 @@
 #![warn(missing_docs)]
 
 mod appender;
+mod checksum;
 mod compress;
 mod dir;
 mod error;
@@ -125,6 +134,7 @@ mod wal;
 mod writer;
 
 pub use appender::{Appender, Committed, Group, PendingAppend};
+pub use checksum::{Checksum, ChecksumHasher};
 pub use dir::{create_dir_durably, sync_parent};
 pub use error::{SegmentProblem, WalError};
 pub use options::{DEFAULT_CACHE_BYTES, DEFAULT_MAX_COMMIT_BYTES, DEFAULT_ZSTD_LEVEL, WalOptions};

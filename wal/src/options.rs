@@ -33,8 +33,8 @@ pub struct WalOptions {
     /// zstd level of WAL frames and of recompressed segment parts (1 is fastest; higher levels
     /// trade append and seal throughput for disk).
     pub zstd_level: i32,
-    /// Read every sealed segment file at open and compare its MD5 with the recorded one (cost: a
-    /// read of every stored byte); without it, open only compares sizes.
+    /// Read every sealed segment file at open and compare its checksum with the recorded one
+    /// (cost: a read of every stored byte); without it, open only compares sizes.
     pub verify_segments_on_open: bool,
 }
 

@@ -63,7 +63,7 @@ pub(crate) fn load_segments(
         let (key, value) = item?;
         let number = layout::parse_numbered_key(&key)
             .ok_or_else(|| WalError::corrupt(format!("malformed segment key {key:?}")))?;
-        let meta: SegmentMeta = layout::decode(&value, &format!("the entry of segment {number}"))?;
+        let meta = SegmentMeta::decode(&value, &format!("the entry of segment {number}"))?;
         if meta.number != number {
             return Err(WalError::corrupt(format!(
                 "the entry under segment key {number} describes segment {}",
@@ -107,7 +107,7 @@ pub(crate) fn load_frames(
         let (key, value) = item?;
         let seq = layout::parse_numbered_key(&key)
             .ok_or_else(|| WalError::corrupt(format!("malformed frame key {key:?}")))?;
-        let header: FrameHeader = layout::decode(&value, &format!("the header of frame {seq}"))?;
+        let header = FrameHeader::decode(&value, &format!("the header of frame {seq}"))?;
         if seq < position.frame {
             if let Some((previous, end_seq)) = last_garbage
                 && (seq != previous + 1 || header.first_seq != end_seq)
@@ -204,7 +204,7 @@ pub(crate) fn clean_segments_dir(
     Ok(())
 }
 
-/// Checks every entry's file (size, and MD5 when `full`) and reports the damaged ones.
+/// Checks every entry's file (size, and checksum when `full`) and reports the damaged ones.
 pub(crate) fn inspect_segments(
     segments_dir: &Path,
     segments: &BTreeMap<u64, SegmentMeta>,

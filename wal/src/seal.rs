@@ -8,20 +8,19 @@
 //! timestamps are `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
 //!
 //! Speed: a frame taken whole and large enough is copied into the segment as it is stored (a
-//! segment file is a sequence of zstd frames), so sealing costs one decompression and two MD5s
-//! per byte, not a recompression. The MD5 of the raw content (the costliest part) runs on a helper
-//! thread fed with the decoded blocks, so it overlaps decompression and I/O. Small frames
-//! (written when appends trickle in) and the parts of a frame cut by the byte limit are
-//! recompressed together into larger frames, which keeps segments compact when the load is light.
+//! segment file is a sequence of zstd frames), without decompressing it: its header carries the
+//! CRC32C of its raw content, which combines into the segment's (see `checksum.rs`), so a copy
+//! costs a read and a write of the compressed bytes and a CRC32C of them. The segment's bytes are
+//! decompressed once, by the upload, which checks them against that CRC32C. Small frames (written
+//! when appends trickle in) and the parts of a frame cut by the byte limit are recompressed
+//! together into larger frames, which keeps segments compact when the load is light. Frames
+//! written by WAL format 1 carry no CRC32C: they are decompressed to compute it.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::{Scope, ScopedJoinHandle};
 
-use md5::{Digest, Md5};
-
+use crate::checksum::{self, Checksum};
 use crate::compress::FrameEncoder;
 use crate::error::WalError;
 use crate::frame::{self, ChunkStream, FrameHeader};
@@ -31,10 +30,8 @@ use crate::store::Store;
 
 /// Frames with at least this many raw bytes, taken whole, are copied without recompression.
 const COPY_MIN_RAW_BYTES: u64 = 64 * 1024;
-/// Blocks raw bytes are decoded into and hashed from.
+/// The block raw bytes are decoded into (recompressed parts, frames of WAL format 1).
 const DECODE_BLOCK_BYTES: usize = 128 * 1024;
-/// Most decode blocks in use at once (decoding, queued, hashing): bounds the seal's memory.
-const DECODE_BLOCKS: usize = 4;
 
 /// A written segment, ready to be registered by the writer.
 #[derive(Debug)]
@@ -79,19 +76,7 @@ pub(crate) fn write_segment(request: &SealRequest<'_>) -> Result<Option<SealPlan
 }
 
 fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalError> {
-    std::thread::scope(|scope| {
-        let digest = RawDigest::start(scope, tmp)
-            .map_err(|e| WalError::io("starting the MD5 thread for segment", tmp, e))?;
-        let out = SegmentBuilder::create(tmp, request.zstd_level, digest)?;
-        fill(request, tmp, out)
-    })
-}
-
-fn fill(
-    request: &SealRequest<'_>,
-    tmp: &Path,
-    mut out: SegmentBuilder<'_>,
-) -> Result<SealPlan, WalError> {
+    let mut out = SegmentBuilder::create(tmp, request.zstd_level)?;
     let state = request.state;
     let from = state.first_unsealed;
     let mut pos = from;
@@ -166,9 +151,9 @@ fn fill(
             first_record: from.seq,
             records: content.records,
             raw_bytes: content.raw_bytes,
-            raw_md5: content.raw_md5,
+            raw_checksum: Checksum::Crc32c(content.raw_crc32c),
             stored_bytes: content.stored_bytes,
-            stored_md5: content.stored_md5,
+            stored_checksum: Checksum::Crc32c(content.stored_crc32c),
             sealed_at_ms: request.now_ms,
         },
         from,
@@ -199,137 +184,30 @@ fn fitting_records(
     (take, bytes)
 }
 
-/// The segment file being written, with the running MD5s and lengths.
-struct SegmentBuilder<'scope> {
+/// The segment file being written, with the running checksums and lengths.
+struct SegmentBuilder {
     stored: StoredWriter,
     encoder: FrameEncoder,
     decoder: zstd::zstd_safe::DCtx<'static>,
-    digest: RawDigest<'scope>,
+    /// Raw bytes are decoded into it (only when a frame is recompressed or has no CRC32C).
+    block: Vec<u8>,
+    raw_crc32c: u32,
     raw_bytes: u64,
     records: u64,
     path: PathBuf,
 }
 
-/// The MD5 of the raw content, computed on a helper thread. Raw bytes are decoded straight into
-/// large blocks; a full block is handed to the hasher (and handed back for reuse), so hashing
-/// overlaps decoding and costs one hand-over per block whatever the frame sizes.
-struct RawDigest<'scope> {
-    blocks: mpsc::SyncSender<(Vec<u8>, usize)>,
-    recycled: mpsc::Receiver<Vec<u8>>,
-    allocated: usize,
-    /// The block being filled and how much of it is filled.
-    current: Vec<u8>,
-    filled: usize,
-    hasher: ScopedJoinHandle<'scope, [u8; 16]>,
-    /// The segment being hashed, for errors.
-    path: PathBuf,
-}
-
-impl<'scope> RawDigest<'scope> {
-    fn start<'env>(scope: &'scope Scope<'scope, 'env>, path: &Path) -> io::Result<Self> {
-        let (blocks, queued) = mpsc::sync_channel::<(Vec<u8>, usize)>(DECODE_BLOCKS);
-        let (recycle, recycled) = mpsc::channel();
-        let hasher = std::thread::Builder::new()
-            .name("wal-seal-md5".into())
-            .spawn_scoped(scope, move || {
-                let mut md5 = Md5::new();
-                for (block, len) in queued {
-                    md5.update(&block[..len]);
-                    // The sealer may be gone already (it failed): the block is just dropped.
-                    let _ = recycle.send(block);
-                }
-                md5.finalize().into()
-            })?;
-        Ok(RawDigest {
-            blocks,
-            recycled,
-            allocated: 1,
-            current: vec![0; DECODE_BLOCK_BYTES],
-            filled: 0,
-            hasher,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Free room in the current block (never empty) to decode raw bytes into.
-    fn space(&mut self) -> &mut [u8] {
-        &mut self.current[self.filled..]
-    }
-
-    /// The `len` bytes just decoded into [`RawDigest::space`].
-    fn decoded(&self, len: usize) -> &[u8] {
-        &self.current[self.filled..self.filled + len]
-    }
-
-    /// Counts the `len` bytes just decoded into the hash (bytes decoded but not kept are simply
-    /// overwritten by the next decode).
-    fn keep(&mut self, len: usize) -> Result<(), WalError> {
-        self.filled += len;
-        if self.filled == self.current.len() {
-            let next = self.next_block();
-            let full = std::mem::replace(&mut self.current, next);
-            if self
-                .blocks
-                .send((full, std::mem::take(&mut self.filled)))
-                .is_err()
-            {
-                return Err(hasher_stopped(&self.path));
-            }
-        }
-        Ok(())
-    }
-
-    /// A recycled block, a new one, or (at the limit) the next one the hasher hands back.
-    fn next_block(&mut self) -> Vec<u8> {
-        if let Ok(block) = self.recycled.try_recv() {
-            return block;
-        }
-        if self.allocated < DECODE_BLOCKS {
-            self.allocated += 1;
-            return vec![0; DECODE_BLOCK_BYTES];
-        }
-        // If the hasher is gone, `finish` reports it; decoding can go on meanwhile.
-        self.recycled
-            .recv()
-            .unwrap_or_else(|_| vec![0; DECODE_BLOCK_BYTES])
-    }
-
-    fn finish(self) -> Result<[u8; 16], WalError> {
-        let RawDigest {
-            blocks,
-            current,
-            filled,
-            hasher,
-            path,
-            ..
-        } = self;
-        if filled > 0 && blocks.send((current, filled)).is_err() {
-            return Err(hasher_stopped(&path));
-        }
-        drop(blocks);
-        hasher.join().map_err(|_| hasher_stopped(&path))
-    }
-}
-
-fn hasher_stopped(path: &Path) -> WalError {
-    WalError::io(
-        "hashing segment",
-        path,
-        io::Error::other("the MD5 thread stopped unexpectedly"),
-    )
-}
-
-/// The stored bytes: hashed and counted on their way to the file.
+/// The stored bytes: checksummed and counted on their way to the file.
 struct StoredWriter {
     file: BufWriter<File>,
-    md5: Md5,
+    crc32c: u32,
     bytes: u64,
 }
 
 impl Write for StoredWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
-        self.md5.update(buf);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, buf);
         self.bytes += buf.len() as u64;
         Ok(buf.len())
     }
@@ -339,27 +217,29 @@ impl Write for StoredWriter {
     }
 }
 
-impl<'scope> SegmentBuilder<'scope> {
-    fn create(path: &Path, zstd_level: i32, digest: RawDigest<'scope>) -> Result<Self, WalError> {
+impl SegmentBuilder {
+    fn create(path: &Path, zstd_level: i32) -> Result<Self, WalError> {
         let file = File::create(path).map_err(|e| WalError::io("creating segment", path, e))?;
         let encoder = FrameEncoder::new(zstd_level)
             .map_err(|e| WalError::io("starting zstd for segment", path, e))?;
         Ok(SegmentBuilder {
             stored: StoredWriter {
                 file: BufWriter::with_capacity(256 * 1024, file),
-                md5: Md5::new(),
+                crc32c: 0,
                 bytes: 0,
             },
             encoder,
             decoder: zstd::zstd_safe::DCtx::create(),
-            digest,
+            block: Vec::new(),
+            raw_crc32c: 0,
             raw_bytes: 0,
             records: 0,
             path: path.to_path_buf(),
         })
     }
 
-    /// Appends frame `seq` as it is stored, decoding it only to hash its raw content.
+    /// Appends frame `seq` as it is stored. Its raw CRC32C comes from its header; a frame of WAL
+    /// format 1, which has none, is decoded to compute it (and to count its lines).
     fn copy_frame(
         &mut self,
         store: &Store,
@@ -370,36 +250,18 @@ impl<'scope> SegmentBuilder<'scope> {
         self.encoder
             .finish_frame(&mut self.stored)
             .map_err(|e| WalError::io("writing segment", &path, e))?;
-        let stream = ChunkStream::new(store, seq, header, Some(&mut self.stored));
-        let mut decoder =
-            frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, &path, e))?;
-        let mut raw = 0u64;
-        let mut newlines = 0u64;
-        loop {
-            let n = decoder
-                .read(self.digest.space())
-                .map_err(|e| frame_error(seq, &path, e))?;
-            if n == 0 {
-                break;
+        let mut stream = ChunkStream::new(store, seq, header, Some(&mut self.stored));
+        let raw_crc32c = match header.raw_crc32c {
+            Some(crc) => {
+                stream.drain().map_err(|e| frame_error(seq, &path, e))?;
+                crc
             }
-            newlines += count_newlines(self.digest.decoded(n));
-            raw += n as u64;
-            self.digest.keep(n)?;
-        }
-        decoder
-            .finish()
-            .drain()
-            .map_err(|e| frame_error(seq, &path, e))?;
-        if raw != header.raw_bytes || newlines != header.records() {
-            return Err(WalError::corrupt(format!(
-                "frame {seq} decodes to {raw} bytes and {newlines} lines, its header says {} \
-                 bytes and {} records",
-                header.raw_bytes,
-                header.records()
-            )));
-        }
-        self.raw_bytes += raw;
-        self.records += newlines;
+            None => decode_format_1_frame(stream, &mut self.decoder, &mut self.block, header)
+                .map_err(|e| frame_error(seq, &path, e))?,
+        };
+        self.raw_crc32c = checksum::crc32c_combine(self.raw_crc32c, raw_crc32c, header.raw_bytes);
+        self.raw_bytes += header.raw_bytes;
+        self.records += header.records();
         Ok(())
     }
 
@@ -418,14 +280,15 @@ impl<'scope> SegmentBuilder<'scope> {
         let stream = ChunkStream::new(store, seq, header, None);
         let mut decoder =
             frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, &path, e))?;
+        self.block.resize(DECODE_BLOCK_BYTES, 0);
         let mut to_skip = skip;
         let mut left = take_bytes;
         let mut newlines = 0u64;
         while left > 0 {
-            let space = self.digest.space();
-            let want = if to_skip > 0 { to_skip } else { left }.min(space.len() as u64) as usize;
+            let want =
+                if to_skip > 0 { to_skip } else { left }.min(self.block.len() as u64) as usize;
             let n = decoder
-                .read(&mut space[..want])
+                .read(&mut self.block[..want])
                 .map_err(|e| frame_error(seq, &path, e))?;
             if n == 0 {
                 return Err(WalError::corrupt(format!(
@@ -437,13 +300,13 @@ impl<'scope> SegmentBuilder<'scope> {
                 to_skip -= n as u64;
                 continue;
             }
-            let data = self.digest.decoded(n);
+            let data = &self.block[..n];
             newlines += count_newlines(data);
+            self.raw_crc32c = crc32c::crc32c_append(self.raw_crc32c, data);
             self.encoder
                 .write(data, &mut self.stored)
                 .map_err(|e| WalError::io("writing segment", &self.path, e))?;
             left -= n as u64;
-            self.digest.keep(n)?;
         }
         if newlines != take {
             return Err(WalError::corrupt(format!(
@@ -455,8 +318,8 @@ impl<'scope> SegmentBuilder<'scope> {
         Ok(())
     }
 
-    /// Ends the last frame, flushes and fsyncs the file. Returns the raw MD5 and length, the
-    /// record count, and the stored MD5 and length.
+    /// Ends the last frame, flushes and fsyncs the file. Returns the raw CRC32C and length, the
+    /// record count, and the stored CRC32C and length.
     fn finish(mut self, path: &Path) -> Result<SealedContent, WalError> {
         self.encoder
             .finish_frame(&mut self.stored)
@@ -471,21 +334,59 @@ impl<'scope> SegmentBuilder<'scope> {
         file.sync_data()
             .map_err(|e| WalError::io("fsyncing segment", path, e))?;
         Ok(SealedContent {
-            raw_md5: self.digest.finish()?,
+            raw_crc32c: self.raw_crc32c,
             raw_bytes: self.raw_bytes,
             records: self.records,
-            stored_md5: self.stored.md5.finalize().into(),
+            stored_crc32c: self.stored.crc32c,
             stored_bytes: self.stored.bytes,
         })
     }
 }
 
+/// Decodes a whole frame written by WAL format 1 (the stream copies its stored bytes on the way)
+/// and returns the CRC32C of its raw content. A frame that disagrees with its header is an
+/// `InvalidData` error.
+fn decode_format_1_frame(
+    stream: ChunkStream<'_>,
+    context: &mut zstd::zstd_safe::DCtx<'static>,
+    block: &mut Vec<u8>,
+    header: &FrameHeader,
+) -> io::Result<u32> {
+    let mut decoder = frame::decoder(stream, context)?;
+    block.resize(DECODE_BLOCK_BYTES, 0);
+    let mut crc = 0;
+    let mut raw = 0u64;
+    let mut newlines = 0u64;
+    loop {
+        let n = decoder.read(block)?;
+        if n == 0 {
+            break;
+        }
+        newlines += count_newlines(&block[..n]);
+        crc = crc32c::crc32c_append(crc, &block[..n]);
+        raw += n as u64;
+    }
+    decoder.finish().drain()?;
+    if raw != header.raw_bytes || newlines != header.records() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it decodes to {raw} bytes and {newlines} lines, its header says {} bytes and {} \
+                 records",
+                header.raw_bytes,
+                header.records()
+            ),
+        ));
+    }
+    Ok(crc)
+}
+
 /// What a finished segment file holds.
 struct SealedContent {
-    raw_md5: [u8; 16],
+    raw_crc32c: u32,
     raw_bytes: u64,
     records: u64,
-    stored_md5: [u8; 16],
+    stored_crc32c: u32,
     stored_bytes: u64,
 }
 
@@ -517,6 +418,7 @@ mod tests {
             chunks: 0,
             cursor_before: None,
             marks: Vec::new(),
+            raw_crc32c: None,
         }
     }
 

@@ -9,10 +9,11 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::{Checksum, ChecksumHasher};
 use crate::error::{SegmentProblem, WalError};
+use crate::layout;
 
 const SEGMENT_SUFFIX: &str = ".ndjson.zst";
 const TMP_SUFFIX: &str = ".ndjson.zst.tmp";
@@ -35,14 +36,56 @@ pub struct SegmentMeta {
     pub records: u64,
     /// Length of the raw NDJSON (each record plus `\n`): the Content-Length of a plain upload.
     pub raw_bytes: u64,
-    /// MD5 of the raw NDJSON: the Content-MD5 of a plain upload.
-    pub raw_md5: [u8; 16],
+    /// Checksum of the raw NDJSON (CRC32C; MD5 in segments sealed by WAL format 1), checked by
+    /// [`SegmentReader`] as it streams the content.
+    pub raw_checksum: Checksum,
     /// Length of the stored zstd file.
     pub stored_bytes: u64,
-    /// MD5 of the stored zstd file (Content-MD5 when uploading it as is).
-    pub stored_md5: [u8; 16],
+    /// Checksum of the stored zstd file (CRC32C; MD5 in segments sealed by WAL format 1).
+    pub stored_checksum: Checksum,
     /// The `now_ms` the seal was called with.
     pub sealed_at_ms: u64,
+}
+
+impl SegmentMeta {
+    /// Decodes a stored entry, of this format or of WAL format 1.
+    pub(crate) fn decode(bytes: &[u8], what: &str) -> Result<SegmentMeta, WalError> {
+        layout::decode_upgrading::<SegmentMeta, SegmentMetaV1>(bytes, what)
+    }
+}
+
+/// A segment entry as WAL format 1 wrote it (MD5s of the raw and stored content).
+#[derive(Deserialize)]
+struct SegmentMetaV1 {
+    number: u64,
+    ts_ms: u64,
+    first_cursor: Option<String>,
+    last_cursor: Option<String>,
+    first_record: u64,
+    records: u64,
+    raw_bytes: u64,
+    raw_md5: [u8; 16],
+    stored_bytes: u64,
+    stored_md5: [u8; 16],
+    sealed_at_ms: u64,
+}
+
+impl From<SegmentMetaV1> for SegmentMeta {
+    fn from(old: SegmentMetaV1) -> Self {
+        SegmentMeta {
+            number: old.number,
+            ts_ms: old.ts_ms,
+            first_cursor: old.first_cursor,
+            last_cursor: old.last_cursor,
+            first_record: old.first_record,
+            records: old.records,
+            raw_bytes: old.raw_bytes,
+            raw_checksum: Checksum::Md5(old.raw_md5),
+            stored_bytes: old.stored_bytes,
+            stored_checksum: Checksum::Md5(old.stored_md5),
+            sealed_at_ms: old.sealed_at_ms,
+        }
+    }
 }
 
 /// The file of segment `number` in `segments_dir`.
@@ -82,34 +125,35 @@ pub(crate) fn classify(name: &str) -> SegmentFileName {
     SegmentFileName::Foreign
 }
 
-/// A reader that hashes and counts what passes through it.
+/// A reader that hashes (with the kind of checksum it is to be checked against) and counts what
+/// passes through it.
 pub(crate) struct HashingReader<R> {
     inner: R,
-    md5: Md5,
+    hasher: ChecksumHasher,
     bytes: u64,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
+    pub fn new(inner: R, like: &Checksum) -> Self {
         HashingReader {
             inner,
-            md5: Md5::new(),
+            hasher: ChecksumHasher::like(like),
             bytes: 0,
         }
     }
 
-    /// Reads everything left, then returns the MD5 and length of all bytes read.
-    fn finish(&mut self) -> io::Result<([u8; 16], u64)> {
+    /// Reads everything left, then returns the checksum and length of all bytes read.
+    fn finish(&mut self) -> io::Result<(Checksum, u64)> {
         let mut sink = [0u8; 8192];
         while self.read(&mut sink)? > 0 {}
-        Ok((self.md5.clone().finalize().into(), self.bytes))
+        Ok((self.hasher.finish(), self.bytes))
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.md5.update(&buf[..n]);
+        self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
@@ -119,28 +163,32 @@ fn mismatch(
     meta: &SegmentMeta,
     path: &Path,
     what: &str,
+    checksum: &Checksum,
     found_bytes: u64,
     expected: u64,
 ) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!(
-            "segment {} ({}) is damaged: its {what} content has {found_bytes} bytes and MD5 \
-             that differ from the {expected} bytes and MD5 recorded when it was sealed",
+            "segment {} ({}) is damaged: its {what} content has {found_bytes} bytes and {} \
+             that differ from the {expected} bytes and {} recorded when it was sealed",
             meta.number,
-            path.display()
+            path.display(),
+            checksum.algorithm(),
+            checksum.algorithm()
         ),
     )
 }
 
 /// Streams a segment's raw NDJSON. Every zstd frame's own checksum is checked as it is decoded,
-/// and at the end the raw MD5 and length are checked against the segment's entry; a mismatch is
-/// an `io::ErrorKind::InvalidData` error naming the segment, returned instead of the end of the
+/// and at the end the raw checksum (a CRC32C, which costs next to nothing beside the decoding)
+/// and length are checked against the segment's entry; a mismatch is an
+/// `io::ErrorKind::InvalidData` error naming the segment, returned instead of the end of the
 /// stream. (The stored bytes are not hashed as well: once the raw content is proven to be the one
 /// sealed, how it was stored does not matter; [`StoredSegmentReader`] checks them.)
 pub struct SegmentReader {
     decoder: zstd::stream::read::Decoder<'static, BufReader<File>>,
-    raw_md5: Md5,
+    raw_hasher: ChecksumHasher,
     raw_bytes: u64,
     meta: SegmentMeta,
     path: PathBuf,
@@ -154,7 +202,7 @@ impl SegmentReader {
             .map_err(|e| WalError::io("starting to decompress segment", &path, e))?;
         Ok(SegmentReader {
             decoder,
-            raw_md5: Md5::new(),
+            raw_hasher: ChecksumHasher::like(&meta.raw_checksum),
             raw_bytes: 0,
             meta,
             path,
@@ -168,12 +216,14 @@ impl SegmentReader {
     }
 
     fn verify(&mut self) -> io::Result<()> {
-        let raw_md5: [u8; 16] = self.raw_md5.clone().finalize().into();
-        if raw_md5 != self.meta.raw_md5 || self.raw_bytes != self.meta.raw_bytes {
+        if self.raw_hasher.finish() != self.meta.raw_checksum
+            || self.raw_bytes != self.meta.raw_bytes
+        {
             return Err(mismatch(
                 &self.meta,
                 &self.path,
                 "raw",
+                &self.meta.raw_checksum,
                 self.raw_bytes,
                 self.meta.raw_bytes,
             ));
@@ -205,13 +255,14 @@ impl Read for SegmentReader {
             self.verify()?;
             return Ok(0);
         }
-        self.raw_md5.update(&buf[..n]);
+        self.raw_hasher.update(&buf[..n]);
         self.raw_bytes += n as u64;
         if self.raw_bytes > self.meta.raw_bytes {
             return Err(mismatch(
                 &self.meta,
                 &self.path,
                 "raw",
+                &self.meta.raw_checksum,
                 self.raw_bytes,
                 self.meta.raw_bytes,
             ));
@@ -220,8 +271,8 @@ impl Read for SegmentReader {
     }
 }
 
-/// Streams a segment's stored zstd bytes as they are on disk, checking their MD5 and length at
-/// the end (an `io::ErrorKind::InvalidData` error naming the segment on mismatch).
+/// Streams a segment's stored zstd bytes as they are on disk, checking their checksum and length
+/// at the end (an `io::ErrorKind::InvalidData` error naming the segment on mismatch).
 pub struct StoredSegmentReader {
     reader: HashingReader<File>,
     meta: SegmentMeta,
@@ -233,7 +284,7 @@ impl StoredSegmentReader {
     pub(crate) fn open(path: PathBuf, meta: SegmentMeta) -> Result<Self, WalError> {
         let file = File::open(&path).map_err(|e| WalError::io("opening segment", &path, e))?;
         Ok(StoredSegmentReader {
-            reader: HashingReader::new(file),
+            reader: HashingReader::new(file, &meta.stored_checksum),
             meta,
             path,
             verified: false,
@@ -253,12 +304,13 @@ impl Read for StoredSegmentReader {
         }
         let n = self.reader.read(buf)?;
         if n == 0 || self.reader.bytes > self.meta.stored_bytes {
-            let (md5, bytes) = self.reader.finish()?;
-            if md5 != self.meta.stored_md5 || bytes != self.meta.stored_bytes {
+            let (checksum, bytes) = self.reader.finish()?;
+            if checksum != self.meta.stored_checksum || bytes != self.meta.stored_bytes {
                 return Err(mismatch(
                     &self.meta,
                     &self.path,
                     "stored",
+                    &self.meta.stored_checksum,
                     bytes,
                     self.meta.stored_bytes,
                 ));
@@ -269,7 +321,7 @@ impl Read for StoredSegmentReader {
     }
 }
 
-/// Checks a segment's file against its entry: presence and size, and the stored MD5 when
+/// Checks a segment's file against its entry: presence and size, and the stored checksum when
 /// `full` (a read of the whole file).
 pub(crate) fn inspect(path: &Path, meta: &SegmentMeta, full: bool) -> Option<SegmentProblem> {
     let found = match std::fs::metadata(path) {
@@ -284,9 +336,10 @@ pub(crate) fn inspect(path: &Path, meta: &SegmentMeta, full: bool) -> Option<Seg
         });
     }
     if full {
-        let result = File::open(path).and_then(|f| HashingReader::new(f).finish());
+        let result =
+            File::open(path).and_then(|f| HashingReader::new(f, &meta.stored_checksum).finish());
         match result {
-            Ok((md5, _)) if md5 == meta.stored_md5 => {}
+            Ok((checksum, _)) if checksum == meta.stored_checksum => {}
             Ok(_) => return Some(SegmentProblem::BadChecksum),
             Err(e) => return Some(SegmentProblem::Unreadable(e.to_string())),
         }

@@ -59,8 +59,8 @@ impl Drop for Inner {
 impl Wal {
     /// Opens the WAL in `options.dir`, creating it if needed, and recovers: it deletes segment
     /// files no entry names, reports entries whose file is missing or has the wrong size (or
-    /// wrong MD5 with `verify_segments_on_open`), and checks that records, positions and segment
-    /// numbers agree. Refuses a directory held by another live process or one that is not a WAL.
+    /// wrong checksum with `verify_segments_on_open`), and checks that records, positions and
+    /// segment numbers agree. Refuses a directory held by another live process or one that is not a WAL.
     pub fn open(options: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
         let dir = WalDir::open(&options.dir)?;
         let (store, created) = Store::open(dir.path(), options.cache_bytes)?;
@@ -293,7 +293,7 @@ impl Wal {
         Ok((path, meta))
     }
 
-    /// Opens segment `number` to stream its raw NDJSON; the reader checks the MD5s and lengths
+    /// Opens segment `number` to stream its raw NDJSON; the reader checks the checksum and length
     /// at the end (`io::ErrorKind::InvalidData` naming the segment on mismatch). May be called
     /// again for a retry.
     pub fn open_segment(&self, number: u64) -> Result<SegmentReader, WalError> {

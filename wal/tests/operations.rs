@@ -7,7 +7,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 use support::{
-    NOW_MS, md5, ndjson, open, read_segment, record_of_len, records, seal_all, segment_records,
+    NOW_MS, crc32c, ndjson, open, read_segment, record_of_len, records, seal_all, segment_records,
 };
 use wal::{
     Group, InitialState, RecoverUntil, StateChange, UploadRecord, Wal, WalError, WalOptions,
@@ -368,10 +368,10 @@ fn seal_records_sizes_and_checksums_of_raw_and_stored_content() {
     assert_eq!(meta.records, 100);
     assert_eq!(meta.first_record, 0);
     assert_eq!(meta.raw_bytes, raw.len() as u64);
-    assert_eq!(meta.raw_md5, md5(&raw));
+    assert_eq!(meta.raw_checksum, crc32c(&raw));
     let stored = std::fs::read(wal.segment_path(1)).unwrap();
     assert_eq!(meta.stored_bytes, stored.len() as u64);
-    assert_eq!(meta.stored_md5, md5(&stored));
+    assert_eq!(meta.stored_checksum, crc32c(&stored));
     assert_eq!(zstd::decode_all(&stored[..]).unwrap(), raw);
     assert_eq!(read_segment(&wal, 1), raw);
     assert_eq!(wal.backlog().records, 0);
@@ -432,7 +432,7 @@ fn seals_cut_a_large_frame_anywhere_and_keep_every_byte() {
     for meta in &metas {
         assert!(meta.raw_bytes <= 700_000);
         let content = read_segment(&wal, meta.number);
-        assert_eq!(meta.raw_md5, md5(&content));
+        assert_eq!(meta.raw_checksum, crc32c(&content));
         read.extend(support::lines(&content));
     }
     assert_eq!(read, all);

@@ -249,7 +249,7 @@ fn recovery_keeps_the_unsealed_backlog_and_state() {
 }
 
 #[test]
-fn a_segment_replaced_by_another_valid_one_fails_the_md5_check() {
+fn a_segment_replaced_by_another_valid_one_fails_the_checksum_check() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = open(tmp.path());
     let appender = wal.appender();
@@ -262,7 +262,7 @@ fn a_segment_replaced_by_another_valid_one_fails_the_md5_check() {
         one.stored_bytes, two.stored_bytes,
         "test data must compress to equal sizes"
     );
-    assert_ne!(one.raw_md5, two.raw_md5);
+    assert_ne!(one.raw_checksum, two.raw_checksum);
     std::fs::copy(segment_file(tmp.path(), 1), segment_file(tmp.path(), 2)).unwrap();
     let mut out = Vec::new();
     let err = wal
@@ -272,5 +272,8 @@ fn a_segment_replaced_by_another_valid_one_fails_the_md5_check() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     let text = err.to_string();
-    assert!(text.contains("segment 2") && text.contains("MD5"), "{text}");
+    assert!(
+        text.contains("segment 2") && text.contains("CRC32C"),
+        "{text}"
+    );
 }

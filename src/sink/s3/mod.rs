@@ -3,13 +3,20 @@
 //! Choices, and why:
 //! * **Path-style addressing** (`http://host:port/bucket/key`): what MinIO and most
 //!   self-hosted stores expect, and what works with a bare IP address.
-//! * **Checksums `WhenRequired`** by default, for requests and responses: since 2025 aws-sdk-s3
-//!   adds CRC32 trailers (`aws-chunked` bodies) to uploads by default, which older MinIO and
-//!   other S3-compatible servers refuse. Integrity comes from our own **`Content-MD5`** on every
-//!   PUT and every multipart part, checked by the server before it stores anything.
+//! * **Our own checksum in a header** on every PUT, known before the body is sent: by default
+//!   the body's **`x-amz-checksum-crc32c`** (recorded by the WAL when it sealed the segment, so
+//!   the upload decompresses each byte once and hashes it with a CRC32C that costs next to
+//!   nothing), checked by MinIO, AWS and s3s before they store anything. For servers that ignore
+//!   that header, [`UploadChecksum::Md5`] sends **`Content-MD5`** instead, which every
+//!   S3-compatible server checks, at the price of reading the body once more to compute it.
+//!   Multipart parts always carry their own `Content-MD5`. Segments sealed by WAL format 1 carry
+//!   an MD5: they are sent with `Content-MD5` whatever the setting.
+//! * **SDK checksums `WhenRequired`** by default, for requests and responses: since 2025
+//!   aws-sdk-s3 adds CRC32 trailers (`aws-chunked` bodies) to uploads by default, which older
+//!   MinIO and other S3-compatible servers refuse.
 //! * **`UNSIGNED-PAYLOAD`** for bodies: a streamed body's SHA-256 is not known before it is sent
 //!   (computing it would mean reading, and decompressing, every segment twice). The request is
-//!   still signed with SigV4, including the `Content-MD5` header, so the server rejects any body
+//!   still signed with SigV4, including the checksum header, so the server rejects any body
 //!   that is not the one we signed for. MinIO, SeaweedFS, AWS and s3s accept it.
 //! * **Single PUT** of a streamed body up to [`S3Settings::multipart_threshold`]; above it,
 //!   **multipart** with parts of [`S3Settings::part_size`], each buffered in memory with its own
@@ -38,10 +45,11 @@ use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
+use wal::Checksum;
 
 use self::classify::{below_http, classify};
 use self::http::ReqwestHttpClient;
-use super::body::stream_body;
+use super::body::{body_error, stream_body};
 use super::{BodySource, ObjectInfo, Sink, SinkError, SinkErrorKind};
 use crate::secret::Secret;
 use crate::tls::{self, TlsOptions};
@@ -63,6 +71,18 @@ pub enum ChecksumPolicy {
     WhenSupported,
 }
 
+/// Which checksum header proves a PUT's body to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadChecksum {
+    /// `x-amz-checksum-crc32c`, from the segment's entry: no extra pass over the body. The
+    /// default.
+    #[default]
+    Crc32c,
+    /// `Content-MD5`, for servers that do not check `x-amz-checksum-crc32c`: the body is read
+    /// (and decompressed) once more before each PUT to compute it.
+    Md5,
+}
+
 /// Everything the S3 sink needs to know.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -82,6 +102,8 @@ pub struct S3Settings {
     pub request_checksums: ChecksumPolicy,
     /// When the SDK checks flexible checksums of responses.
     pub response_checksums: ChecksumPolicy,
+    /// The checksum header of single PUTs.
+    pub upload_checksum: UploadChecksum,
     /// Bodies longer than this go through a multipart upload (default 64 MiB).
     pub multipart_threshold: u64,
     /// Size of each multipart part, at least 5 MiB (default 16 MiB). Raised automatically when
@@ -119,6 +141,7 @@ impl S3Settings {
             tls: TlsOptions::default(),
             request_checksums: ChecksumPolicy::WhenRequired,
             response_checksums: ChecksumPolicy::WhenRequired,
+            upload_checksum: UploadChecksum::Crc32c,
             multipart_threshold: 64 * 1024 * 1024,
             part_size: 16 * 1024 * 1024,
             part_concurrency: 2,
@@ -146,6 +169,7 @@ pub struct S3Sink {
     bucket: String,
     endpoint: String,
     region: String,
+    upload_checksum: UploadChecksum,
     multipart_threshold: u64,
     part_size: u64,
     part_concurrency: usize,
@@ -219,6 +243,7 @@ impl S3Sink {
             bucket: settings.bucket,
             endpoint,
             region: settings.region,
+            upload_checksum: settings.upload_checksum,
             multipart_threshold: settings.multipart_threshold,
             part_size: settings.part_size.max(MIN_PART_SIZE),
             part_concurrency: settings.part_concurrency.max(1),
@@ -269,18 +294,34 @@ impl S3Sink {
     }
 
     async fn put_single(&self, key: &str, body: &BodySource, what: &str) -> Result<(), SinkError> {
+        let md5_body;
+        let body = match (self.upload_checksum, body.checksum) {
+            (UploadChecksum::Md5, Checksum::Crc32c(_)) => {
+                let crc_body = body.clone();
+                md5_body = tokio::task::spawn_blocking(move || crc_body.with_md5())
+                    .await
+                    .map_err(|join| SinkError::new(SinkErrorKind::Io, format!("{what}: {join}")))?
+                    .map_err(|err| body_error(&err, what))?;
+                &md5_body
+            }
+            _ => body,
+        };
         let failure = Arc::new(OnceLock::new());
         let streaming = stream_body(body, what.to_owned(), failure.clone());
         let length = i64::try_from(body.len).map_err(|_| {
             SinkError::new(SinkErrorKind::Client, format!("{what}: body too large"))
         })?;
-        let result = self
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .content_length(length)
-            .content_md5(body.md5_base64())
+            .content_length(length);
+        let request = match body.checksum {
+            Checksum::Crc32c(_) => request.checksum_crc32_c(body.checksum_base64()),
+            Checksum::Md5(_) => request.content_md5(body.checksum_base64()),
+        };
+        let result = request
             .content_type("application/octet-stream")
             .body(ByteStream::new(SdkBody::from_body_1_x(streaming)))
             .send()

@@ -98,10 +98,13 @@ impl<'b> FrameBuilder<'b> {
             chunks: 0,
             cursor_before: state.cursor.clone(),
             marks: Vec::new(),
+            raw_crc32c: Some(0),
         });
         let FrameBuffers { raw, compressed } = &mut *self.buffers;
+        let mut crc = header.raw_crc32c.unwrap_or(0);
         for record in records {
             header.record_lens.push(record.len() as u64);
+            crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, record), b"\n");
             if self.contiguous {
                 raw.extend_from_slice(record);
                 raw.push(b'\n');
@@ -110,6 +113,7 @@ impl<'b> FrameBuilder<'b> {
                 encoder.write(b"\n", compressed)?;
             }
         }
+        header.raw_crc32c = Some(crc);
         Ok(())
     }
 

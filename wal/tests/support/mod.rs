@@ -81,8 +81,7 @@ pub fn seal_all(wal: &Wal, max: u64) -> Vec<SegmentMeta> {
     sealed
 }
 
-/// MD5 of bytes.
-pub fn md5(bytes: &[u8]) -> [u8; 16] {
-    use md5::Digest;
-    md5::Md5::digest(bytes).into()
+/// The checksum the WAL records for bytes it seals.
+pub fn crc32c(bytes: &[u8]) -> wal::Checksum {
+    wal::Checksum::crc32c_of(bytes)
 }
