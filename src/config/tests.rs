@@ -71,6 +71,7 @@ fn defaults_match_the_documented_table() {
     };
     assert_eq!(s3.endpoint_url(), "http://minio:9000");
     assert_eq!(s3.checksums, ChecksumPolicy::WhenRequired);
+    assert_eq!(s3.upload_checksum, UploadChecksum::Crc32c);
     assert!(s3.tls.verify);
     for setting in settings::ALL {
         if let Some(default) = setting.default {
@@ -149,6 +150,15 @@ fn environment_overrides_yaml_and_queue_size_from_env_is_a_number() {
 }
 
 #[test]
+fn the_upload_checksum_can_be_content_md5() {
+    let config = load(&with(&[("MINIO_UPLOAD_CHECKSUM", " MD5 ")]), None).unwrap();
+    let Destination::S3(s3) = &config.destination else {
+        panic!("expected S3");
+    };
+    assert_eq!(s3.upload_checksum, UploadChecksum::Md5);
+}
+
+#[test]
 fn export_dir_replaces_the_minio_settings() {
     let env = vec![
         ("OPENCTI_URL", "http://opencti:8080"),
@@ -186,6 +196,11 @@ fn errors_name_the_variable_and_the_problem() {
             with(&[("MINIO_PORT", "70000")]),
             "MINIO_PORT",
             "port number",
+        ),
+        (
+            with(&[("MINIO_UPLOAD_CHECKSUM", "sha1")]),
+            "MINIO_UPLOAD_CHECKSUM",
+            "expected crc32c or md5",
         ),
         (
             with(&[("WRITE_EVERY_SEC", "0")]),

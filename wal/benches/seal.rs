@@ -1,7 +1,7 @@
 //! Seal throughput in MB/s of raw NDJSON: 16 MiB (the daemon's default largest file) and 64 MiB
 //! of 2 KB records appended (untimed) in commits of about 1 MiB, then one timed seal of all of it
-//! (decompress, MD5 of raw and stored bytes, copy of the stored frames, fsync, rename, directory
-//! fsync, and the registering commit); and the light-load case, where every record was its own
+//! (copy of the stored frames with a CRC32C of the stored bytes, the frames' raw CRC32Cs combined,
+//! fsync, rename, directory fsync, and the registering commit); and the light-load case, where every record was its own
 //! commit and the seal recompresses small frames together.
 //!
 //! `cargo bench -p wal --bench seal -- --measurement-time 5 --warm-up-time 1`
