@@ -6,7 +6,8 @@
 //! * **Our own checksum in a header** on every PUT, known before the body is sent: by default
 //!   the body's **`x-amz-checksum-crc32c`** (recorded by the WAL when it sealed the segment, so
 //!   the upload decompresses each byte once and hashes it with a CRC32C that costs next to
-//!   nothing), checked by MinIO, AWS and s3s before they store anything. For servers that ignore
+//!   nothing), checked by MinIO, AWS, SeaweedFS (4.48 checked) and s3s before they store
+//!   anything. For servers that ignore
 //!   that header, [`UploadChecksum::Md5`] sends **`Content-MD5`** instead, which every
 //!   S3-compatible server checks, at the price of reading the body once more to compute it.
 //!   Multipart parts always carry their own `Content-MD5`. Segments sealed by WAL format 1 carry
