@@ -288,9 +288,10 @@ fn slugs_follow_github() {
         "the-wal-directory-wal_dir"
     );
     // Assembled, so that this sample is not itself read as citing files that do not exist.
-    let docs = "docs";
-    let sample =
-        format!("see {docs}/architecture.md#invariant-3, and {docs}/x.md, {docs}/a.md#b_c.");
+    let (docs, unknown, other) = ("docs", "x", "a");
+    let sample = format!(
+        "see {docs}/architecture.md#invariant-3, and {docs}/{unknown}.md, {docs}/{other}.md#b_c."
+    );
     let found = pointers(&sample);
     assert_eq!(found.len(), 2);
     assert_eq!(found[0].file, "architecture");

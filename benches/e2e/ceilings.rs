@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_types::body::SdkBody;
-use base64::Engine as _;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use opencti_stream_exporter::secret::Secret;
-use opencti_stream_exporter::sink::{S3Settings, S3Sink, Sink};
+use opencti_stream_exporter::sink::{BodySource, S3Settings, S3Sink, Sink};
 use serde::de::IgnoredAny;
 
 use crate::procs::{ACCESS_KEY, SECRET_KEY, Simulator, TOKEN};
@@ -250,8 +249,7 @@ pub async fn put_loop(port: u16, sizes: &[u64], content: Bytes) -> anyhow::Resul
     for &size in sizes {
         let body = body_of(&content, size);
         // The header the exporter sends by default, computed before the clock starts.
-        let crc =
-            base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&body).to_be_bytes());
+        let crc = BodySource::from_bytes(body.clone()).checksum_base64();
         bodies.push((body, crc));
     }
     let started = Instant::now();

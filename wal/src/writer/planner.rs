@@ -64,6 +64,8 @@ struct FrameBuilder<'b> {
     contiguous: bool,
     /// The header, from the first record on.
     header: Option<FrameHeader>,
+    /// CRC32C of the raw content added so far.
+    raw_crc32c: u32,
 }
 
 impl<'b> FrameBuilder<'b> {
@@ -73,6 +75,7 @@ impl<'b> FrameBuilder<'b> {
             raw_bytes,
             contiguous: raw_bytes <= CONTIGUOUS_MAX_BYTES,
             header: None,
+            raw_crc32c: 0,
         }
     }
 
@@ -98,13 +101,13 @@ impl<'b> FrameBuilder<'b> {
             chunks: 0,
             cursor_before: state.cursor.clone(),
             marks: Vec::new(),
-            raw_crc32c: Some(0),
+            raw_crc32c: None,
         });
         let FrameBuffers { raw, compressed } = &mut *self.buffers;
-        let mut crc = header.raw_crc32c.unwrap_or(0);
         for record in records {
             header.record_lens.push(record.len() as u64);
-            crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, record), b"\n");
+            self.raw_crc32c =
+                crc32c::crc32c_append(crc32c::crc32c_append(self.raw_crc32c, record), b"\n");
             if self.contiguous {
                 raw.extend_from_slice(record);
                 raw.push(b'\n');
@@ -113,7 +116,6 @@ impl<'b> FrameBuilder<'b> {
                 encoder.write(b"\n", compressed)?;
             }
         }
-        header.raw_crc32c = Some(crc);
         Ok(())
     }
 
@@ -136,6 +138,7 @@ impl<'b> FrameBuilder<'b> {
         let Some(mut header) = self.header else {
             return Ok(None);
         };
+        header.raw_crc32c = Some(self.raw_crc32c);
         let FrameBuffers { raw, compressed } = self.buffers;
         if self.contiguous {
             encoder.compress_whole(raw, compressed)?;
