@@ -182,7 +182,7 @@ impl Budget {
                 used_bytes = used,
                 commit_bytes = raw_bytes,
                 max_bytes = self.max_bytes,
-                database_bytes = wal.usage.sled_bytes,
+                database_bytes = wal.usage.database_bytes,
                 "over the disk budget (WAL_MAX_BYTES) with nothing left to upload: going on, \
                  or reading would stop for good; raise WAL_MAX_BYTES"
             );
@@ -420,7 +420,7 @@ mod tests {
         WalFigures {
             unsealed_bytes: unsealed,
             usage: DiskUsage {
-                sled_bytes: database,
+                database_bytes: database,
                 segment_bytes: segments,
                 max_bytes: 1000,
                 fs_available_bytes: None,

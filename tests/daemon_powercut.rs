@@ -168,14 +168,14 @@ async fn power_cuts_at_random_moments_lose_nothing_and_never_find_the_wal_new() 
             );
         }
         note_objects(&s3, &mut objects);
-        let blobs = std::fs::read_dir(wal_dir.join("db/blobs"))
+        let log_files = std::fs::read_dir(wal_dir.join("frames"))
             .map(|entries| entries.count())
             .unwrap_or(0);
         let cut = fs.power_cut().expect("power cut");
         dropped.push(cut.files_reverted.len() + cut.entries_undone.len());
         eprintln!(
             "cut {round} {point}: {} file contents and {} directory entries dropped {:?}; \
-             {blobs} sled blob files",
+             {log_files} frame log files",
             cut.files_reverted.len(),
             cut.entries_undone.len(),
             cut.entries_undone.iter().take(4).collect::<Vec<_>>()

@@ -21,10 +21,14 @@ pub(crate) const FORMAT_FILE: &str = "WAL_FORMAT";
 /// The temporary name the marker is written under before its rename.
 const FORMAT_TMP_FILE: &str = "WAL_FORMAT.tmp";
 /// What the marker holds for this format.
-pub(crate) const FORMAT: &str = "opencti-stream-exporter wal 2";
-/// The marker of WAL format 1, which this version reads as it is (see `layout.rs`) and marks as
-/// format 2 at open, so that a version that only knows format 1 refuses it from then on.
-const FORMAT_1: &str = "opencti-stream-exporter wal 1";
+pub(crate) const FORMAT: &str = "opencti-stream-exporter wal 3";
+/// The markers of WAL formats 1 and 2, which this version upgrades at open (see `upgrade.rs`)
+/// and then marks as format 3, so that a version that only knows an older format refuses it from
+/// then on.
+const OLDER_FORMATS: [&str; 2] = [
+    "opencti-stream-exporter wal 1",
+    "opencti-stream-exporter wal 2",
+];
 /// The folder of sealed segment files.
 pub(crate) const SEGMENTS_DIR: &str = "segments";
 
@@ -32,6 +36,9 @@ pub(crate) const SEGMENTS_DIR: &str = "segments";
 #[derive(Debug)]
 pub(crate) struct WalDir {
     path: PathBuf,
+    /// The marker found when it names an older format (upgraded by the caller, then
+    /// [`WalDir::mark_current`]).
+    older_format: Option<&'static str>,
     _lock: File,
 }
 
@@ -66,16 +73,18 @@ impl WalDir {
                 return Err(WalError::io("locking", &lock_path, e));
             }
         }
-        check_or_write_format(path)?;
+        let older_format = check_or_write_format(path)?;
         restrict_to_owner(path);
-        let segments = path.join(SEGMENTS_DIR);
-        if !segments.is_dir() {
-            std::fs::create_dir_all(&segments)
-                .map_err(|e| WalError::io("creating", &segments, e))?;
-            sync_dir(path)?;
+        for name in [SEGMENTS_DIR, crate::log::FRAMES_DIR] {
+            let sub = path.join(name);
+            if !sub.is_dir() {
+                std::fs::create_dir_all(&sub).map_err(|e| WalError::io("creating", &sub, e))?;
+                sync_dir(path)?;
+            }
         }
         Ok(WalDir {
             path: path.to_path_buf(),
+            older_format,
             _lock: lock,
         })
     }
@@ -88,6 +97,26 @@ impl WalDir {
     /// The folder of sealed segments.
     pub fn segments(&self) -> PathBuf {
         self.path.join(SEGMENTS_DIR)
+    }
+
+    /// The folder of the frame log.
+    pub fn frames(&self) -> PathBuf {
+        self.path.join(crate::log::FRAMES_DIR)
+    }
+
+    /// The marker found, when it names a format older than this one.
+    pub fn older_format(&self) -> Option<&'static str> {
+        self.older_format
+    }
+
+    /// Rewrites the marker for this format, once the WAL was upgraded.
+    pub fn mark_current(&mut self) -> Result<(), WalError> {
+        write_atomically(
+            &self.path.join(FORMAT_FILE),
+            format!("{FORMAT}\n").as_bytes(),
+        )?;
+        self.older_format = None;
+        Ok(())
     }
 }
 
@@ -117,18 +146,16 @@ fn restrict_to_owner(dir: &Path) {
     }
 }
 
-fn check_or_write_format(dir: &Path) -> Result<(), WalError> {
+/// Checks the marker, or writes it in an empty directory. Returns the marker found when it names
+/// an older format.
+fn check_or_write_format(dir: &Path) -> Result<Option<&'static str>, WalError> {
     let marker = dir.join(FORMAT_FILE);
     match std::fs::read_to_string(&marker) {
-        Ok(found) if found.trim_end() == FORMAT => return Ok(()),
-        Ok(found) if found.trim_end() == FORMAT_1 => {
-            write_atomically(&marker, format!("{FORMAT}\n").as_bytes())?;
-            tracing::info!(
-                dir = %dir.display(),
-                "WAL of format 1 opened: its records and segments are read as they are, new ones \
-                 are written in format 2"
-            );
-            return Ok(());
+        Ok(found) if found.trim_end() == FORMAT => return Ok(None),
+        Ok(found) if OLDER_FORMATS.contains(&found.trim_end()) => {
+            return Ok(OLDER_FORMATS
+                .into_iter()
+                .find(|old| *old == found.trim_end()));
         }
         Ok(found) => {
             return Err(WalError::UnsupportedFormat {
@@ -166,7 +193,8 @@ fn check_or_write_format(dir: &Path) -> Result<(), WalError> {
             },
         });
     }
-    write_atomically(&marker, format!("{FORMAT}\n").as_bytes())
+    write_atomically(&marker, format!("{FORMAT}\n").as_bytes())?;
+    Ok(None)
 }
 
 /// Writes `bytes` to `path` through a synced temporary file, a rename and a directory sync.

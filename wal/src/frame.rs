@@ -1,17 +1,20 @@
-//! Frames: the records of one commit, stored as one zstd frame split into chunks.
+//! Frames: the records of one commit, stored as one zstd frame in an entry of the frame log.
 //!
 //! A frame's raw content is NDJSON: every record followed by `\n`. Its header keeps the length of
 //! each record (so a seal can cut a frame at any record without scanning), the cursor in effect
-//! before the frame, and a mark for every append of the commit that set a cursor, so the cursor in
-//! effect at any record boundary can be told.
+//! before the frame, a mark for every append of the commit that set a cursor (so the cursor in
+//! effect at any record boundary can be told), the state changes of the commit's appends, and
+//! the CRC32C of the raw content. Opening the WAL replays the headers written after the last
+//! state stored in the database (see `recovery.rs`), so a commit that only appends never writes
+//! to the database.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::WalError;
-use crate::layout::{self, CHUNK_BYTES};
-use crate::store::{Store, Value, WriteBatch};
+use crate::layout;
+use crate::state::{StateChange, StoredState};
 
 /// An append of the commit that set the cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,9 +25,11 @@ pub(crate) struct CursorMark {
     pub cursor: String,
 }
 
-/// What is known about a frame without reading its chunks.
+/// What is known about a frame without reading its records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FrameHeader {
+    /// The frame's sequence number.
+    pub frame: u64,
     /// Sequence number of the frame's first record.
     pub first_seq: u64,
     /// Length of each record, without its `\n`.
@@ -33,41 +38,14 @@ pub(crate) struct FrameHeader {
     pub raw_bytes: u64,
     /// Length of the zstd frame.
     pub stored_bytes: u64,
-    /// Number of chunks the zstd frame is split into.
-    pub chunks: u32,
     /// The cursor in effect before the frame's first append.
     pub cursor_before: Option<String>,
     /// Cursor-setting appends, in order.
     pub marks: Vec<CursorMark>,
-    /// CRC32C of the raw content; `None` only in frames written by WAL format 1.
-    pub raw_crc32c: Option<u32>,
-}
-
-/// A frame header as WAL format 1 wrote it (without the content's CRC32C).
-#[derive(Deserialize)]
-struct FrameHeaderV1 {
-    first_seq: u64,
-    record_lens: Vec<u64>,
-    raw_bytes: u64,
-    stored_bytes: u64,
-    chunks: u32,
-    cursor_before: Option<String>,
-    marks: Vec<CursorMark>,
-}
-
-impl From<FrameHeaderV1> for FrameHeader {
-    fn from(old: FrameHeaderV1) -> Self {
-        FrameHeader {
-            first_seq: old.first_seq,
-            record_lens: old.record_lens,
-            raw_bytes: old.raw_bytes,
-            stored_bytes: old.stored_bytes,
-            chunks: old.chunks,
-            cursor_before: old.cursor_before,
-            marks: old.marks,
-            raw_crc32c: None,
-        }
-    }
+    /// State changes of the commit's appends, in order.
+    pub changes: Vec<StateChange>,
+    /// CRC32C of the raw content.
+    pub raw_crc32c: u32,
 }
 
 impl FrameHeader {
@@ -95,165 +73,32 @@ impl FrameHeader {
             .sum()
     }
 
-    /// Reads the header of frame `seq`.
-    pub fn load(store: &Store, seq: u64) -> Result<FrameHeader, WalError> {
-        let bytes = store
-            .get(&layout::frame_header_key(seq))?
-            .ok_or_else(|| WalError::corrupt(format!("the header of frame {seq} is missing")))?;
-        Self::decode(&bytes, &format!("the header of frame {seq}"))
+    /// Decodes a header read from a log entry.
+    pub fn decode_entry(bytes: &[u8]) -> Result<FrameHeader, WalError> {
+        layout::decode_current(bytes, "a frame header")
     }
 
-    /// Decodes a stored header, of this format or of WAL format 1.
-    pub fn decode(bytes: &[u8], what: &str) -> Result<FrameHeader, WalError> {
-        layout::decode_upgrading::<FrameHeader, FrameHeaderV1>(bytes, what)
-    }
-}
-
-/// Adds a compressed frame (header and chunks) to a batch.
-pub(crate) fn add_to_batch(
-    batch: &mut WriteBatch,
-    seq: u64,
-    header: &FrameHeader,
-    compressed: &[u8],
-) -> Result<(), WalError> {
-    for (index, chunk) in compressed.chunks(CHUNK_BYTES).enumerate() {
-        let index = u32::try_from(index)
-            .map_err(|_| WalError::corrupt(format!("frame {seq} has too many chunks")))?;
-        batch.insert(&layout::frame_chunk_key(seq, index), chunk);
-    }
-    batch.insert(
-        &layout::frame_header_key(seq),
-        layout::encode(header, "a frame header")?,
-    );
-    Ok(())
-}
-
-/// Number of chunks a compressed frame of `stored_bytes` is split into.
-pub(crate) fn chunk_count(stored_bytes: usize) -> u32 {
-    u32::try_from(stored_bytes.div_ceil(CHUNK_BYTES)).unwrap_or(u32::MAX)
-}
-
-/// Adds the removal of frame `seq` (header and chunks) to a batch.
-pub(crate) fn remove_from_batch(batch: &mut WriteBatch, seq: u64, chunks: u32) {
-    for index in 0..chunks {
-        batch.remove(&layout::frame_chunk_key(seq, index));
-    }
-    batch.remove(&layout::frame_header_key(seq));
-}
-
-/// The compressed bytes of a frame, read chunk by chunk from the store, checked against its
-/// header. Optionally copies every chunk it yields to `copy_to`.
-pub(crate) struct ChunkStream<'a> {
-    chunks: Box<dyn Iterator<Item = Result<(Value, Value), WalError>> + 'a>,
-    current: Value,
-    pos: usize,
-    seq: u64,
-    expected_chunks: u32,
-    expected_bytes: u64,
-    seen_chunks: u32,
-    seen_bytes: u64,
-    copy_to: Option<&'a mut dyn Write>,
-}
-
-impl<'a> ChunkStream<'a> {
-    /// Streams frame `seq` described by `header`.
-    pub fn new(
-        store: &'a Store,
-        seq: u64,
-        header: &FrameHeader,
-        copy_to: Option<&'a mut dyn Write>,
-    ) -> Self {
-        let from = layout::frame_chunk_key(seq, 0);
-        let to = layout::frame_chunk_key(seq + 1, 0);
-        ChunkStream {
-            chunks: Box::new(store.range(&from, &to)),
-            current: Value::default(),
-            pos: 0,
-            seq,
-            expected_chunks: header.chunks,
-            expected_bytes: header.stored_bytes,
-            seen_chunks: 0,
-            seen_bytes: 0,
-            copy_to,
+    /// Applies the commit this frame holds to `state`, the state before it (replay at open):
+    /// its records, the last cursor it set and its state changes.
+    pub fn replay(&self, state: &mut StoredState) {
+        state.next_frame_seq = self.frame + 1;
+        state.next_record_seq = self.first_seq + self.records();
+        if let Some(mark) = self.marks.last() {
+            state.cursor = Some(mark.cursor.clone());
         }
-    }
-
-    fn invalid(&self, why: String) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame {} is corrupt: {why}", self.seq),
-        )
-    }
-
-    /// Reads what is left, so every chunk has been seen (and copied), and checks the totals.
-    pub fn drain(&mut self) -> io::Result<()> {
-        loop {
-            let available = self.fill_buf()?.len();
-            if available == 0 {
-                return Ok(());
-            }
-            self.consume(available);
+        for change in &self.changes {
+            state.apply(change.clone());
         }
-    }
-}
-
-impl Read for ChunkStream<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for ChunkStream<'_> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.current.len() {
-            match self.chunks.next() {
-                Some(Ok((key, value))) => {
-                    let expected_key = layout::frame_chunk_key(self.seq, self.seen_chunks);
-                    if key.as_ref() != expected_key {
-                        return Err(self.invalid(format!("chunk {} is missing", self.seen_chunks)));
-                    }
-                    self.seen_chunks += 1;
-                    self.seen_bytes += value.len() as u64;
-                    if let Some(copy) = self.copy_to.as_mut() {
-                        copy.write_all(&value)?;
-                    }
-                    self.current = value;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => {
-                    if self.seen_chunks != self.expected_chunks
-                        || self.seen_bytes != self.expected_bytes
-                    {
-                        return Err(self.invalid(format!(
-                            "{} chunks of {} bytes found, the header says {} chunks of {} bytes",
-                            self.seen_chunks,
-                            self.seen_bytes,
-                            self.expected_chunks,
-                            self.expected_bytes
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(&self.current[self.pos..])
-    }
-
-    fn consume(&mut self, amount: usize) {
-        self.pos = (self.pos + amount).min(self.current.len());
+        state.touched = true;
     }
 }
 
 /// Decodes a frame's raw content with a reused decompression context (reset first, so a
 /// previous frame read only in part does not matter).
-pub(crate) fn decoder<'a, 'c>(
-    stream: ChunkStream<'a>,
+pub(crate) fn decoder<'c, R: BufRead>(
+    stream: R,
     context: &'c mut zstd::zstd_safe::DCtx<'static>,
-) -> io::Result<zstd::stream::read::Decoder<'c, ChunkStream<'a>>> {
+) -> io::Result<zstd::stream::read::Decoder<'c, R>> {
     context
         .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
         .map_err(|code| io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
@@ -266,11 +111,11 @@ mod tests {
 
     fn header(marks: Vec<(u64, &str)>) -> FrameHeader {
         FrameHeader {
+            frame: 0,
             first_seq: 10,
             record_lens: vec![3, 4, 5, 6],
             raw_bytes: 22,
             stored_bytes: 0,
-            chunks: 0,
             cursor_before: Some("before".into()),
             marks: marks
                 .into_iter()
@@ -279,7 +124,8 @@ mod tests {
                     cursor: cursor.into(),
                 })
                 .collect(),
-            raw_crc32c: None,
+            changes: Vec::new(),
+            raw_crc32c: 0,
         }
     }
 
@@ -301,13 +147,5 @@ mod tests {
         assert_eq!(h.raw_len(0, 4), 22);
         assert_eq!(h.raw_len(1, 3), 11);
         assert_eq!(h.raw_len(2, 2), 0);
-    }
-
-    #[test]
-    fn chunk_count_rounds_up() {
-        assert_eq!(chunk_count(0), 0);
-        assert_eq!(chunk_count(1), 1);
-        assert_eq!(chunk_count(CHUNK_BYTES), 1);
-        assert_eq!(chunk_count(CHUNK_BYTES + 1), 2);
     }
 }

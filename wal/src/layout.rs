@@ -3,13 +3,15 @@
 //! | key                                   | value                                    |
 //! |---------------------------------------|------------------------------------------|
 //! | `S`                                   | [`crate::state::StoredState`]            |
-//! | `H` + frame seq (u64 BE)              | [`crate::frame::FrameHeader`]            |
-//! | `C` + frame seq (u64 BE) + chunk (u32 BE) | ≤ [`CHUNK_BYTES`] of the frame's zstd bytes |
 //! | `G` + segment number (u64 BE)         | [`crate::segment::SegmentMeta`]          |
 //!
+//! Formats 1 and 2 also kept the unsealed frames in the database: `H` + frame seq (u64 BE) → its
+//! header, `C` + frame seq (u64 BE) + chunk (u32 BE) → up to 4 KiB of its zstd bytes. Opening
+//! such a WAL moves them to the frame log (`upgrade.rs`).
+//!
 //! Big-endian numbers make key order numeric order, so a range scan walks frames, chunks and
-//! segments in order. Every encoded value starts with a version byte, then bincode 2 (standard
-//! configuration) of the serde form.
+//! segments in order. Every encoded value (and every frame header in the frame log) starts with
+//! a version byte, then bincode 2 (standard configuration) of the serde form.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,25 +24,17 @@ const FRAME_HEADER_PREFIX: u8 = b'H';
 const FRAME_CHUNK_PREFIX: u8 = b'C';
 const SEGMENT_PREFIX: u8 = b'G';
 
-/// Largest value stored for a frame chunk.
-///
-/// sled 0.34 writes any log item larger than about `segment_size / 4` (128 KiB with the default
-/// 512 KiB segment) to a separate blob file that it never fsyncs, and a leaf node holds up to 17
-/// entries before it splits and is rewritten whole on consolidation. 17 × 4 KiB plus overhead
-/// stays well under 128 KiB, so however large an event, neither a chunk nor a leaf of chunks
-/// becomes a blob. A frame header can: it holds one length per record and one cursor per
-/// append, so a commit of very many small records (about 100,000 and more) stores its header
-/// in a blob file. [`crate::store::Store::sync`] fsyncs those with their directory, and the
-/// power-cut test (`tests/powercut.rs`) runs such commits.
-pub(crate) const CHUNK_BYTES: usize = 4 * 1024;
-
 /// Version byte in front of every value this version encodes.
 ///
 /// Version 2 (WAL format 2) added the content's CRC32C to frame headers and replaced the MD5s of
-/// segment entries with CRC32Cs; the state's form is the same in both.
-const VALUE_VERSION: u8 = 2;
-/// Version byte of the values WAL format 1 wrote, still read (see [`decode_upgrading`]).
-const LEGACY_VALUE_VERSION: u8 = 1;
+/// segment entries with CRC32Cs. Version 3 (format 3) moved frames to the frame log, their
+/// headers gaining their own sequence number and the commit's state changes, and added the frame
+/// log's positions to the state; segment entries kept the form of version 2.
+pub(crate) const VALUE_VERSION: u8 = 3;
+/// Version byte of the values WAL format 2 wrote.
+pub(crate) const FORMAT_2_VALUE_VERSION: u8 = 2;
+/// Version byte of the values WAL format 1 wrote.
+pub(crate) const FORMAT_1_VALUE_VERSION: u8 = 1;
 
 /// Most bytes a decoded value may claim. bincode allocates a string or a list of the length a
 /// value announces before reading it: without a bound, a damaged value announcing exabytes
@@ -48,12 +42,12 @@ const LEGACY_VALUE_VERSION: u8 = 1;
 /// real value, a frame header of a full commit, is a few MiB.
 const DECODE_LIMIT_BYTES: usize = 64 << 20;
 
-/// Key of the header of frame `seq`.
+/// Key of the header of frame `seq` (formats 1 and 2).
 pub(crate) fn frame_header_key(seq: u64) -> [u8; 9] {
     prefixed(FRAME_HEADER_PREFIX, seq)
 }
 
-/// Key of chunk `index` of frame `seq`.
+/// Key of chunk `index` of frame `seq` (formats 1 and 2).
 pub(crate) fn frame_chunk_key(seq: u64, index: u32) -> [u8; 13] {
     let mut key = [0u8; 13];
     key[0] = FRAME_CHUNK_PREFIX;
@@ -67,9 +61,9 @@ pub(crate) fn segment_key(number: u64) -> [u8; 9] {
     prefixed(SEGMENT_PREFIX, number)
 }
 
-/// The prefix shared by every frame header key.
-pub(crate) fn frame_header_prefix() -> [u8; 1] {
-    [FRAME_HEADER_PREFIX]
+/// The prefixes of the keys formats 1 and 2 kept frames under.
+pub(crate) fn frame_prefixes() -> [[u8; 1]; 2] {
+    [[FRAME_HEADER_PREFIX], [FRAME_CHUNK_PREFIX]]
 }
 
 /// The prefix shared by every segment entry key.
@@ -99,31 +93,45 @@ pub(crate) fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Wal
     Ok(out)
 }
 
-/// Decodes a value read from the database whose form is the same in every version; `what`
-/// names it in errors.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, WalError> {
-    decode_upgrading::<T, T>(bytes, what)
+/// Decodes a value of this version (3); `what` names it in errors.
+pub(crate) fn decode_current<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, WalError> {
+    match split_version(bytes, what)? {
+        (VALUE_VERSION, body) => decode_body(body, what),
+        (version, _) => Err(unexpected_version(what, version, "3")),
+    }
 }
 
-/// Decodes a value read from the database: a current one as `T`, one written by WAL format 1 as
-/// `Old`, converted. A value of any other version is corrupt.
+/// Decodes a value whose form has not changed since format 2 as `T`, and one written by WAL
+/// format 1 as `Old`, converted.
 pub(crate) fn decode_upgrading<T, Old>(bytes: &[u8], what: &str) -> Result<T, WalError>
 where
     T: DeserializeOwned,
     Old: DeserializeOwned + Into<T>,
 {
+    match split_version(bytes, what)? {
+        (VALUE_VERSION | FORMAT_2_VALUE_VERSION, body) => decode_body(body, what),
+        (FORMAT_1_VALUE_VERSION, body) => decode_body::<Old>(body, what).map(Into::into),
+        (version, _) => Err(unexpected_version(what, version, "1 to 3")),
+    }
+}
+
+/// The version byte of a stored value and the rest.
+pub(crate) fn split_version<'a>(bytes: &'a [u8], what: &str) -> Result<(u8, &'a [u8]), WalError> {
     match bytes.split_first() {
-        Some((&VALUE_VERSION, body)) => decode_body(body, what),
-        Some((&LEGACY_VALUE_VERSION, body)) => decode_body::<Old>(body, what).map(Into::into),
-        Some((version, _)) => Err(WalError::corrupt(format!(
-            "{what} has value version {version}, this build reads {LEGACY_VALUE_VERSION} and \
-             {VALUE_VERSION}"
-        ))),
+        Some((version, body)) => Ok((*version, body)),
         None => Err(WalError::corrupt(format!("{what} is empty"))),
     }
 }
 
-fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, WalError> {
+/// The error for a value of a version this build does not read there.
+pub(crate) fn unexpected_version(what: &str, version: u8, read: &str) -> WalError {
+    WalError::corrupt(format!(
+        "{what} has value version {version}, this build reads {read} there"
+    ))
+}
+
+/// Decodes the bincode body of a value.
+pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, WalError> {
     let (value, used) = bincode::serde::decode_from_slice(
         body,
         bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>(),
@@ -153,28 +161,28 @@ mod tests {
     }
 
     #[test]
-    fn values_round_trip_read_format_1_and_reject_other_versions() {
+    fn values_round_trip_and_other_versions_are_refused() {
+        type Value = (u64, Option<String>);
         let value = (7u64, Some("cursor".to_string()));
         let bytes = encode(&value, "a test value").unwrap();
-        let back: (u64, Option<String>) = decode(&bytes, "a test value").unwrap();
+        let back: Value = decode_current(&bytes, "a test value").unwrap();
         assert_eq!(back, value);
 
-        let mut legacy = bytes.clone();
-        legacy[0] = LEGACY_VALUE_VERSION;
-        assert_eq!(
-            decode::<(u64, Option<String>)>(&legacy, "a test value").unwrap(),
-            value
-        );
-
-        let mut other = bytes.clone();
-        other[0] = 9;
-        let err = decode::<(u64, Option<String>)>(&other, "a test value").unwrap_err();
-        assert!(err.to_string().contains("value version 9"), "{err}");
+        for version in [FORMAT_2_VALUE_VERSION, 9] {
+            let mut other = bytes.clone();
+            other[0] = version;
+            let err = decode_current::<Value>(&other, "a test value").unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("value version {version}")),
+                "{err}"
+            );
+        }
 
         let mut trailing = bytes;
         trailing.push(0);
-        assert!(decode::<(u64, Option<String>)>(&trailing, "a test value").is_err());
-        assert!(decode::<u64>(&[], "a test value").is_err());
+        assert!(decode_current::<Value>(&trailing, "a test value").is_err());
+        assert!(decode_current::<u64>(&[], "a test value").is_err());
     }
 }
 
@@ -195,10 +203,10 @@ mod upgrade_tests {
     }
 
     #[test]
-    fn a_format_1_value_is_converted_and_a_current_one_read_as_it_is() {
+    fn a_format_1_value_is_converted_and_a_later_one_read_as_it_is() {
         let old = encode(&7u64, "old").unwrap();
         let mut legacy = old.clone();
-        legacy[0] = LEGACY_VALUE_VERSION;
+        legacy[0] = FORMAT_1_VALUE_VERSION;
         assert_eq!(
             decode_upgrading::<New, Old>(&legacy, "v").unwrap(),
             New(7, false)
@@ -206,6 +214,12 @@ mod upgrade_tests {
         let current = encode(&(7u64, true), "new").unwrap();
         assert_eq!(
             decode_upgrading::<New, Old>(&current, "v").unwrap(),
+            New(7, true)
+        );
+        let mut format_2 = current.clone();
+        format_2[0] = FORMAT_2_VALUE_VERSION;
+        assert_eq!(
+            decode_upgrading::<New, Old>(&format_2, "v").unwrap(),
             New(7, true)
         );
         // A current value is never read with the old form.

@@ -3,18 +3,22 @@
 //!
 //! Invariant kept here (invariants 2 and 3, docs/architecture.md#invariants): a crash can leave a
 //! segment file without an entry (written but not registered, or forgotten after upload but not
-//! deleted), sealed frames not removed yet, and a temporary segment file. Open deletes the files
-//! and schedules the frames for removal. It never drops an entry: an entry whose file is missing or
-//! damaged is reported (the daemon logs it loudly) and `open_segment` refuses it by name.
+//! deleted), frame log files holding only sealed frames, a temporary segment file, and an entry
+//! cut short at the end of the frame log (a commit never acknowledged). Open deletes the files and
+//! truncates the cut entry. It replays the frames written after the stored state (commits that
+//! only appended records, see `state.rs`). It never drops an entry: an entry whose file is missing
+//! or damaged is reported (the daemon logs it loudly) and `open_segment` refuses it by name.
 //! Everything else that disagrees (gaps in segment numbers, frames that do not follow each other or
-//! the state) is corruption and fails the open.
+//! the state, a damaged frame anywhere but at the very end of the log) is corruption and fails the
+//! open.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{SegmentProblem, WalError};
-use crate::frame::FrameHeader;
 use crate::layout;
+use crate::log::{self, EntryError, LogPos, LogReader};
 use crate::segment::{self, SegmentFileName, SegmentMeta};
 use crate::state::StoredState;
 use crate::store::Store;
@@ -48,9 +52,13 @@ pub struct RecoveryReport {
     pub backlog: Backlog,
     /// Sealed segments waiting for upload (damaged ones included).
     pub segments: usize,
-    /// Frames of records already sealed that were not removed from the database yet (the writer
-    /// removes them a little at a time after each seal); they are removed from now on.
-    pub sealed_frames_pending_removal: usize,
+    /// Frame log files holding only sealed frames, deleted (left by a stop right after a seal).
+    pub sealed_log_files_deleted: usize,
+    /// Frames of commits that only appended, replayed from the frame log onto the stored state.
+    pub frames_replayed: u64,
+    /// Bytes of an entry cut short at the end of the frame log (a commit never acknowledged),
+    /// truncated.
+    pub torn_tail_bytes: u64,
 }
 
 /// Reads every segment entry and checks they are consecutive and below `next_file_number`.
@@ -87,87 +95,198 @@ pub(crate) fn load_segments(
     Ok(segments)
 }
 
-/// Walks the frame headers: frames below the first unsealed position are sealed and wait for
-/// removal (garbage); the others make the backlog. Checks that frames are consecutive and agree
-/// with the state.
-pub(crate) fn load_frames(
-    store: &Store,
-    state: &StoredState,
-) -> Result<(Backlog, VecDeque<(u64, u32)>), WalError> {
-    let position = state.first_unsealed;
+/// What the frame log holds once checked and replayed.
+pub(crate) struct LoadedLog {
+    /// The stored state with the frames written after it replayed.
+    pub state: StoredState,
+    /// The unsealed records.
+    pub backlog: Backlog,
+    /// The log files kept, by first frame, oldest first.
+    pub files: VecDeque<u64>,
+    /// Their size.
+    pub bytes: u64,
+}
+
+/// Checks the frame log against `stored` (the state read from the database): every frame from
+/// the first unsealed one to the stored `log_end` must be there and sound; the frames after it
+/// are replayed onto the state up to the end of the log, where an entry cut short is truncated.
+/// Files holding only sealed frames, and empty ones past the end, are deleted.
+pub(crate) fn load_log(
+    frames_dir: &Path,
+    stored: StoredState,
+    report: &mut RecoveryReport,
+) -> Result<LoadedLog, WalError> {
+    let (listed, foreign) = log::list_files(frames_dir)?;
+    for path in foreign {
+        tracing::warn!(path = %path.display(), "unknown file among the frame log, left alone");
+        report.foreign_files.push(path);
+    }
+    let start = stored.first_unsealed;
+    let mut deleted_any = false;
+    for &file in listed.iter().filter(|file| **file < start.log.file) {
+        remove_log_file(frames_dir, file)?;
+        report.sealed_log_files_deleted += 1;
+        deleted_any = true;
+    }
+
+    let mut reader = LogReader::new(frames_dir);
+    let mut state = stored.clone();
     let mut backlog = Backlog::default();
-    let mut garbage = VecDeque::new();
-    // The last garbage frame seen and the sequence number after its records.
-    let mut last_garbage: Option<(u64, u64)> = None;
-    let mut expected_frame = position.frame;
-    let mut expected_seq = position.seq.checked_sub(position.record).ok_or_else(|| {
-        WalError::corrupt(format!("impossible first unsealed position {position:?}"))
+    let mut pos = start.log;
+    let mut frame = start.frame;
+    let mut expected_seq = start.seq.checked_sub(start.record).ok_or_else(|| {
+        WalError::corrupt(format!("impossible first unsealed position {start:?}"))
     })?;
-    for item in store.scan_prefix(&layout::frame_header_prefix()) {
-        let (key, value) = item?;
-        let seq = layout::parse_numbered_key(&key)
-            .ok_or_else(|| WalError::corrupt(format!("malformed frame key {key:?}")))?;
-        let header = FrameHeader::decode(&value, &format!("the header of frame {seq}"))?;
-        if seq < position.frame {
-            if let Some((previous, end_seq)) = last_garbage
-                && (seq != previous + 1 || header.first_seq != end_seq)
-            {
-                return Err(WalError::corrupt(format!(
-                    "sealed frame {seq} does not follow sealed frame {previous}"
-                )));
-            }
-            last_garbage = Some((seq, header.first_seq + header.records()));
-            garbage.push_back((seq, header.chunks));
-            continue;
-        }
-        if let Some((previous, end_seq)) = last_garbage.take()
-            && (previous + 1 != position.frame || end_seq != expected_seq)
-        {
+    let mut files = VecDeque::new();
+    loop {
+        let replaying = frame >= stored.next_frame_seq;
+        if replaying && frame == stored.next_frame_seq && pos != stored.log_end {
             return Err(WalError::corrupt(format!(
-                "sealed frame {previous} is not followed by the first unsealed frame {}",
-                position.frame
+                "the frame log reaches frame {frame} at {pos:?}, the state puts its end at {:?}",
+                stored.log_end
             )));
         }
-        if seq != expected_frame || header.first_seq != expected_seq {
+        let entry = match reader.check_entry(pos) {
+            Ok(entry) => entry,
+            Err(EntryError::Io(e)) => {
+                return Err(WalError::io("reading frame log", reader.path(pos.file), e));
+            }
+            Err(error) if !replaying => {
+                return Err(error.into_wal_error(&reader.path(pos.file), pos));
+            }
+            Err(_) => {
+                report.torn_tail_bytes = truncate_torn_tail(frames_dir, pos)?;
+                break;
+            }
+        };
+        let header = &entry.header;
+        if header.frame != frame || header.first_seq != expected_seq {
             return Err(WalError::corrupt(format!(
-                "frame {seq} (first record {}) found where frame {expected_frame} (first record \
+                "frame {} (first record {}) found at {pos:?} where frame {frame} (first record \
                  {expected_seq}) was expected",
-                header.first_seq
+                header.frame, header.first_seq
             )));
         }
-        if seq == position.frame {
-            if position.record > header.records()
-                || header.raw_len(0, position.record) != position.raw_offset
+        if frame == start.frame {
+            if start.record > header.records()
+                || header.raw_len(0, start.record) != start.raw_offset
             {
                 return Err(WalError::corrupt(format!(
-                    "the first unsealed position {position:?} does not fit frame {seq}"
+                    "the first unsealed position {start:?} does not fit frame {frame}"
                 )));
             }
-            backlog.records += header.records() - position.record;
-            backlog.raw_bytes += header.raw_bytes - position.raw_offset;
+            backlog.records += header.records() - start.record;
+            backlog.raw_bytes += header.raw_bytes - start.raw_offset;
         } else {
             backlog.records += header.records();
             backlog.raw_bytes += header.raw_bytes;
         }
-        expected_frame += 1;
+        if replaying {
+            header.replay(&mut state);
+            state.log_end = entry.next();
+            report.frames_replayed += 1;
+        }
+        if files.back() != Some(&pos.file) {
+            files.push_back(pos.file);
+        }
         expected_seq += header.records();
+        frame += 1;
+        pos = entry.next();
     }
-    if let Some((previous, _)) = last_garbage
-        && previous + 1 != position.frame
+    if files.back() != Some(&pos.file) && log::file_path(frames_dir, pos.file).exists() {
+        files.push_back(pos.file);
+    }
+    for &file in listed.iter().filter(|file| **file > pos.file) {
+        let path = log::file_path(frames_dir, file);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| WalError::io("inspecting", &path, e))?
+            .len();
+        if len > 0 {
+            return Err(WalError::corrupt(format!(
+                "{} lies past the end of the frame log ({pos:?})",
+                path.display()
+            )));
+        }
+        remove_log_file(frames_dir, file)?;
+        deleted_any = true;
+    }
+    if deleted_any {
+        crate::dir::sync_dir(frames_dir)?;
+    }
+    let files_vec: Vec<u64> = files.iter().copied().collect();
+    Ok(LoadedLog {
+        state,
+        backlog,
+        bytes: log::files_bytes(frames_dir, &files_vec),
+        files,
+    })
+}
+
+fn remove_log_file(frames_dir: &Path, file: u64) -> Result<(), WalError> {
+    let path = log::file_path(frames_dir, file);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(WalError::io("deleting frame log file", &path, e)),
+    }
+}
+
+/// Ends the log at `pos`, where no sound entry starts. What follows must be one write cut short:
+/// nothing (a clean end), or bytes that end within the length the entry announces, or zeros.
+/// Anything else is corruption. Returns the bytes truncated.
+fn truncate_torn_tail(frames_dir: &Path, pos: LogPos) -> Result<u64, WalError> {
+    let path = log::file_path(frames_dir, pos.file);
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
     {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(WalError::io("opening frame log", &path, e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| WalError::io("inspecting", &path, e))?
+        .len();
+    if len <= pos.offset {
+        return Ok(0);
+    }
+    let mut tail = Vec::new();
+    {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(pos.offset))
+            .and_then(|_| file.read_to_end(&mut tail))
+            .map_err(|e| WalError::io("reading frame log", &path, e))?;
+    }
+    let announced = tail
+        .get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_le_bytes);
+    // A write cut short leaves a prefix of its entry: no more bytes than the entry announces
+    // (a length beyond any entry this crate writes is not a prefix but damage).
+    let cut_short = match announced {
+        None => true,
+        Some(body) => body < 1 << 32 && (tail.len() as u64) <= body + 12,
+    };
+    if !cut_short && tail.iter().any(|b| *b != 0) {
         return Err(WalError::corrupt(format!(
-            "sealed frame {previous} is not followed by the first unsealed frame {}",
-            position.frame
+            "the entry at offset {} of {} is damaged and {} bytes follow it",
+            pos.offset,
+            path.display(),
+            tail.len()
         )));
     }
-    if expected_frame != state.next_frame_seq || expected_seq != state.next_record_seq {
-        return Err(WalError::corrupt(format!(
-            "frames end at frame {expected_frame} and record {expected_seq}, the state says {} \
-             and {}",
-            state.next_frame_seq, state.next_record_seq
-        )));
-    }
-    Ok((backlog, garbage))
+    file.set_len(pos.offset)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| WalError::io("truncating the end of frame log", &path, e))?;
+    tracing::warn!(
+        path = %path.display(),
+        offset = pos.offset,
+        bytes = tail.len(),
+        "truncated a frame log entry cut short by a crash (its commit was never acknowledged)"
+    );
+    Ok(tail.len() as u64)
 }
 
 /// Deletes temporary and orphan segment files and notes foreign ones.

@@ -3,8 +3,8 @@
 //! Invariant kept here (docs/architecture.md#invariant-3, "gapless, ordered files"): a segment is
 //! registered only after its file is complete and durable (written under a temporary name, fsynced,
 //! renamed, the directory fsynced), and its registration and the move of the "first unsealed"
-//! position (which takes its records out of the backlog) are one atomic commit; the frames it
-//! emptied are removed by later commits. Numbers come from the state (`next_file_number`),
+//! position (which takes its records out of the backlog) are one atomic commit; the frame log
+//! files it left wholly sealed are deleted once that commit is durable. Numbers come from the state (`next_file_number`),
 //! timestamps are `max(now, previous + 1)`, so both strictly increase. A segment is never empty.
 //!
 //! Speed: a frame taken whole and large enough is copied into the segment as it is stored (a
@@ -13,8 +13,7 @@
 //! costs a read and a write of the compressed bytes and a CRC32C of them. The segment's bytes are
 //! decompressed once, by the upload, which checks them against that CRC32C. Small frames (written
 //! when appends trickle in) and the parts of a frame cut by the byte limit are recompressed
-//! together into larger frames, which keeps segments compact when the load is light. Frames
-//! written by WAL format 1 carry no CRC32C: they are decompressed to compute it.
+//! together into larger frames, which keeps segments compact when the load is light.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -23,14 +22,14 @@ use std::path::{Path, PathBuf};
 use crate::checksum::{self, Checksum};
 use crate::compress::FrameEncoder;
 use crate::error::WalError;
-use crate::frame::{self, ChunkStream, FrameHeader};
+use crate::frame::{self, FrameHeader};
+use crate::log::{Entry, EntryError, LogReader};
 use crate::segment::{self, SegmentMeta};
 use crate::state::{Position, StoredState};
-use crate::store::Store;
 
 /// Frames with at least this many raw bytes, taken whole, are copied without recompression.
 const COPY_MIN_RAW_BYTES: u64 = 64 * 1024;
-/// The block raw bytes are decoded into (recompressed parts, frames of WAL format 1).
+/// The block raw bytes are decoded into (recompressed parts).
 const DECODE_BLOCK_BYTES: usize = 128 * 1024;
 
 /// A written segment, ready to be registered by the writer.
@@ -42,13 +41,11 @@ pub(crate) struct SealPlan {
     pub from: Position,
     /// The first unsealed position after it.
     pub to: Position,
-    /// Frames whose records are all sealed now, to be removed: (sequence, chunk count).
-    pub removed_frames: Vec<(u64, u32)>,
 }
 
 /// What a seal is asked to produce.
 pub(crate) struct SealRequest<'a> {
-    pub store: &'a Store,
+    pub frames_dir: &'a Path,
     pub segments_dir: &'a Path,
     pub state: &'a StoredState,
     pub max_raw_bytes: u64,
@@ -77,11 +74,11 @@ pub(crate) fn write_segment(request: &SealRequest<'_>) -> Result<Option<SealPlan
 
 fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalError> {
     let mut out = SegmentBuilder::create(tmp, request.zstd_level)?;
+    let mut log = LogReader::new(request.frames_dir);
     let state = request.state;
     let from = state.first_unsealed;
     let mut pos = from;
     let mut first_cursor = None;
-    let mut removed_frames = Vec::new();
     let last_cursor;
     loop {
         if pos.frame >= state.next_frame_seq {
@@ -89,49 +86,48 @@ fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalEr
             last_cursor = state.cursor.clone();
             break;
         }
-        let header = FrameHeader::load(request.store, pos.frame)?;
-        if header.first_seq + pos.record != pos.seq || pos.record > header.records() {
+        let entry = log
+            .entry(pos.log)
+            .map_err(|e| e.into_wal_error(&log.path(pos.log.file), pos.log))?;
+        let header = &entry.header;
+        if header.frame != pos.frame
+            || header.first_seq + pos.record != pos.seq
+            || pos.record > header.records()
+        {
             return Err(WalError::corrupt(format!(
                 "frame {} starts at record {} with {} records, but the first unsealed record is \
-                 {} at index {}",
-                pos.frame,
+                 {} at index {} of frame {}",
+                header.frame,
                 header.first_seq,
                 header.records(),
                 pos.seq,
-                pos.record
+                pos.record,
+                pos.frame
             )));
         }
         if out.records == 0 {
             first_cursor = header.cursor_at(pos.record);
         }
         let budget = request.max_raw_bytes.saturating_sub(out.raw_bytes);
-        let (take, take_bytes) = fitting_records(&header, pos.record, budget, out.records == 0);
+        let (take, take_bytes) = fitting_records(header, pos.record, budget, out.records == 0);
         if take == 0 {
             last_cursor = header.cursor_at(pos.record);
             break;
         }
         let whole = pos.record + take == header.records();
         if whole && pos.record == 0 && header.raw_bytes >= COPY_MIN_RAW_BYTES {
-            out.copy_frame(request.store, pos.frame, &header)?;
+            out.copy_frame(&mut log, &entry)?;
         } else {
-            out.recompress_part(
-                request.store,
-                pos.frame,
-                &header,
-                pos.raw_offset,
-                take_bytes,
-                take,
-            )?;
+            out.recompress_part(&mut log, &entry, pos.raw_offset, take_bytes, take)?;
         }
         if whole {
-            removed_frames.push((pos.frame, header.chunks));
-            pos = Position::frame_start(pos.frame + 1, pos.seq + take);
+            pos = Position::frame_start(pos.frame + 1, pos.seq + take, entry.next());
         } else {
             pos = Position {
-                frame: pos.frame,
                 record: pos.record + take,
                 raw_offset: pos.raw_offset + take_bytes,
                 seq: pos.seq + take,
+                ..pos
             };
             last_cursor = header.cursor_at(pos.record);
             break;
@@ -158,7 +154,6 @@ fn fill_segment(request: &SealRequest<'_>, tmp: &Path) -> Result<SealPlan, WalEr
         },
         from,
         to: pos,
-        removed_frames,
     })
 }
 
@@ -238,46 +233,39 @@ impl SegmentBuilder {
         })
     }
 
-    /// Appends frame `seq` as it is stored. Its raw CRC32C comes from its header; a frame of WAL
-    /// format 1, which has none, is decoded to compute it (and to count its lines).
-    fn copy_frame(
-        &mut self,
-        store: &Store,
-        seq: u64,
-        header: &FrameHeader,
-    ) -> Result<(), WalError> {
-        let path = self.path.clone();
+    /// Appends the frame of `entry` as it is stored; its raw CRC32C comes from its header.
+    fn copy_frame(&mut self, log: &mut LogReader, entry: &Entry) -> Result<(), WalError> {
+        let header = &entry.header;
         self.encoder
             .finish_frame(&mut self.stored)
-            .map_err(|e| WalError::io("writing segment", &path, e))?;
-        let mut stream = ChunkStream::new(store, seq, header, Some(&mut self.stored));
-        let raw_crc32c = match header.raw_crc32c {
-            Some(crc) => {
-                stream.drain().map_err(|e| frame_error(seq, &path, e))?;
-                crc
-            }
-            None => decode_format_1_frame(stream, &mut self.decoder, &mut self.block, header)
-                .map_err(|e| frame_error(seq, &path, e))?,
-        };
-        self.raw_crc32c = checksum::crc32c_combine(self.raw_crc32c, raw_crc32c, header.raw_bytes);
+            .map_err(|e| WalError::io("writing segment", &self.path, e))?;
+        let error = |e: io::Error| frame_error(header.frame, &self.path, e);
+        log.data(entry, Some(&mut self.stored))
+            .map_err(|e| entry_error(header.frame, &self.path, e))?
+            .drain()
+            .map_err(error)?;
+        self.raw_crc32c =
+            checksum::crc32c_combine(self.raw_crc32c, header.raw_crc32c, header.raw_bytes);
         self.raw_bytes += header.raw_bytes;
         self.records += header.records();
         Ok(())
     }
 
-    /// Appends `take_bytes` raw bytes (`take` records) of frame `seq` starting at `skip`,
-    /// recompressed.
+    /// Appends `take_bytes` raw bytes (`take` records) of the frame of `entry` starting at
+    /// `skip`, recompressed.
     fn recompress_part(
         &mut self,
-        store: &Store,
-        seq: u64,
-        header: &FrameHeader,
+        log: &mut LogReader,
+        entry: &Entry,
         skip: u64,
         take_bytes: u64,
         take: u64,
     ) -> Result<(), WalError> {
+        let seq = entry.header.frame;
         let path = self.path.clone();
-        let stream = ChunkStream::new(store, seq, header, None);
+        let stream = log
+            .data(entry, None)
+            .map_err(|e| entry_error(seq, &path, e))?;
         let mut decoder =
             frame::decoder(stream, &mut self.decoder).map_err(|e| frame_error(seq, &path, e))?;
         self.block.resize(DECODE_BLOCK_BYTES, 0);
@@ -343,44 +331,6 @@ impl SegmentBuilder {
     }
 }
 
-/// Decodes a whole frame written by WAL format 1 (the stream copies its stored bytes on the way)
-/// and returns the CRC32C of its raw content. A frame that disagrees with its header is an
-/// `InvalidData` error.
-fn decode_format_1_frame(
-    stream: ChunkStream<'_>,
-    context: &mut zstd::zstd_safe::DCtx<'static>,
-    block: &mut Vec<u8>,
-    header: &FrameHeader,
-) -> io::Result<u32> {
-    let mut decoder = frame::decoder(stream, context)?;
-    block.resize(DECODE_BLOCK_BYTES, 0);
-    let mut crc = 0;
-    let mut raw = 0u64;
-    let mut newlines = 0u64;
-    loop {
-        let n = decoder.read(block)?;
-        if n == 0 {
-            break;
-        }
-        newlines += count_newlines(&block[..n]);
-        crc = crc32c::crc32c_append(crc, &block[..n]);
-        raw += n as u64;
-    }
-    decoder.finish().drain()?;
-    if raw != header.raw_bytes || newlines != header.records() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "it decodes to {raw} bytes and {newlines} lines, its header says {} bytes and {} \
-                 records",
-                header.raw_bytes,
-                header.records()
-            ),
-        ));
-    }
-    Ok(crc)
-}
-
 /// What a finished segment file holds.
 struct SealedContent {
     raw_crc32c: u32,
@@ -392,6 +342,15 @@ struct SealedContent {
 
 fn count_newlines(data: &[u8]) -> u64 {
     data.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// An error while reading the entry of frame `seq` for the segment at `path`.
+fn entry_error(seq: u64, path: &Path, error: EntryError) -> WalError {
+    match error {
+        EntryError::Io(e) => frame_error(seq, path, e),
+        EntryError::Short => WalError::corrupt(format!("frame {seq} is cut short in the log")),
+        EntryError::Invalid(why) => WalError::corrupt(format!("frame {seq} is damaged: {why}")),
+    }
 }
 
 /// An error while moving frame `seq` into the segment at `path`: damaged data is corruption,
@@ -411,14 +370,15 @@ mod tests {
 
     fn header(lens: &[u64]) -> FrameHeader {
         FrameHeader {
+            frame: 0,
             first_seq: 0,
             record_lens: lens.to_vec(),
             raw_bytes: lens.iter().map(|l| l + 1).sum(),
             stored_bytes: 0,
-            chunks: 0,
             cursor_before: None,
             marks: Vec::new(),
-            raw_crc32c: None,
+            changes: Vec::new(),
+            raw_crc32c: 0,
         }
     }
 

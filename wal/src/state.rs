@@ -1,10 +1,15 @@
 //! The durable state kept beside the records: the public [`WalState`] and the positions only the
-//! crate needs. The whole [`StoredState`] is one value, rewritten in the same atomic batch as the
-//! records, segment entries or removals that change it, so it is never out of step with them.
+//! crate needs. The whole [`StoredState`] is one database value, rewritten in the same atomic
+//! batch as the segment entries it changes with. A commit that only appends records does not
+//! write it: its frame (in the frame log, made durable before anything that depends on it) carries
+//! what the commit changes, and opening the WAL replays the frames written after the stored
+//! state's `log_end` (see `recovery.rs`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::log::LogPos;
 
 /// The first file number of a new WAL.
 pub const FIRST_FILE_NUMBER: u64 = 1;
@@ -72,7 +77,7 @@ pub struct InitialState {
 }
 
 /// A change of the durable state committed in order with appends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateChange {
     /// Persist a new recovery bound.
     RecoverUntil(RecoverUntil),
@@ -101,16 +106,20 @@ pub(crate) struct Position {
     pub raw_offset: u64,
     /// Global sequence number of that record.
     pub seq: u64,
+    /// Where the frame's entry is in the frame log.
+    pub log: LogPos,
 }
 
 impl Position {
-    /// The start of frame `frame`, whose first record has sequence `seq`.
-    pub fn frame_start(frame: u64, seq: u64) -> Self {
+    /// The start of frame `frame`, whose first record has sequence `seq` and whose entry is (or
+    /// will be) at `log`.
+    pub fn frame_start(frame: u64, seq: u64, log: LogPos) -> Self {
         Position {
             frame,
             record: 0,
             raw_offset: 0,
             seq,
+            log,
         }
     }
 }
@@ -131,6 +140,8 @@ pub(crate) struct StoredState {
     pub first_unsealed: Position,
     /// Whether anything was ever committed (an append, a state change or an initialization).
     pub touched: bool,
+    /// Where the next frame's entry goes: the end of the frame log this state accounts for.
+    pub log_end: LogPos,
 }
 
 impl StoredState {
@@ -145,8 +156,9 @@ impl StoredState {
             extras: BTreeMap::new(),
             next_record_seq: 0,
             next_frame_seq: 0,
-            first_unsealed: Position::frame_start(0, 0),
+            first_unsealed: Position::frame_start(0, 0, LogPos::file_start(0)),
             touched: false,
+            log_end: LogPos::file_start(0),
         }
     }
 

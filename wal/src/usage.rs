@@ -3,15 +3,17 @@
 //!
 //! The WAL never refuses an append because of its budget: it reports, and the daemon stops
 //! reading the stream when [`DiskUsage::is_full`] says so. Counting is cheap: segment bytes are
-//! summed as segments come and go, the database size is measured by the writer after seals and
-//! uploads and at most once a second otherwise (sled's size does not shrink right after removals;
-//! it is counted as it is), and the free space is one `statvfs` call.
+//! summed as segments come and go, the frame log as entries are written and files deleted, the
+//! database size is measured by the writer after seals and uploads and at most once a second
+//! otherwise (sled's size does not shrink right after removals; it is counted as it is), and the
+//! free space is one `statvfs` call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// How much the database file can grow in one commit: sled's log grows by whole segments of
-/// this size (sled's default `segment_size`, which this crate keeps) and never shrinks. A
-/// caller keeping a budget should keep this much free.
+/// How much the database can grow in one commit: sled's log grows by whole segments of this size
+/// (sled's default `segment_size`, which this crate keeps) and never shrinks; a commit's frame log
+/// entry is about `max_commit_bytes` compressed, well under it. A caller keeping a budget should
+/// keep this much free.
 pub const DATABASE_GROWTH_BYTES: u64 = 512 * 1024;
 
 /// Free filesystem space under which [`DiskUsage::is_full`] reports full whatever the budget:
@@ -30,8 +32,9 @@ pub struct Backlog {
 /// Disk taken by the WAL against its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskUsage {
-    /// Size of the database files (unsealed records and bookkeeping), as last measured.
-    pub sled_bytes: u64,
+    /// Size of the database (state and segment entries) and of the frame log (unsealed
+    /// records), as last measured.
+    pub database_bytes: u64,
     /// Sum of the sealed segment files not uploaded yet.
     pub segment_bytes: u64,
     /// The configured budget.
@@ -43,7 +46,7 @@ pub struct DiskUsage {
 impl DiskUsage {
     /// Bytes counted against the budget.
     pub fn used(&self) -> u64 {
-        self.sled_bytes.saturating_add(self.segment_bytes)
+        self.database_bytes.saturating_add(self.segment_bytes)
     }
 
     /// Whether the caller should stop adding records: the budget is used up, or the filesystem
@@ -76,7 +79,7 @@ pub struct WalStats {
     pub records: AtomicU64,
     /// Raw bytes of those records (each plus `\n`).
     pub raw_bytes: AtomicU64,
-    /// Compressed bytes written to the database for them.
+    /// Compressed bytes written to the frame log for them.
     pub stored_bytes: AtomicU64,
     /// Duration of the last commit in microseconds, from the start of its planning (gathering,
     /// compression) to the end of its fsync.
@@ -102,7 +105,7 @@ mod tests {
     #[test]
     fn full_when_budget_used_or_disk_nearly_full() {
         let mut usage = DiskUsage {
-            sled_bytes: 40,
+            database_bytes: 40,
             segment_bytes: 50,
             max_bytes: 100,
             fs_available_bytes: Some(u64::MAX),

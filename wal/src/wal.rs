@@ -10,12 +10,14 @@ use crate::compress::FrameEncoder;
 use crate::dir::WalDir;
 use crate::error::{SegmentProblem, WalError};
 use crate::layout::{self, STATE_KEY};
+use crate::log::LogWriter;
 use crate::options::WalOptions;
 use crate::recovery::{self, RecoveryReport};
 use crate::seal::{self, SealRequest};
 use crate::segment::{self, SegmentMeta, SegmentReader, StoredSegmentReader};
 use crate::state::{InitialState, StoredState, WalState};
 use crate::store::Store;
+use crate::upgrade;
 use crate::usage::{self, Backlog, DiskUsage, WalStats};
 use crate::writer::{self, MAX_TS_MS, MIN_TS_MS, Planner, Request, Shared, Syncer};
 
@@ -32,11 +34,14 @@ pub struct Wal {
 pub(crate) struct Inner {
     sender: Option<mpsc::Sender<Request>>,
     threads: Vec<JoinHandle<()>>,
-    store: Arc<Store>,
+    /// Held so that the database closes (after the writer threads let go of it) before the
+    /// directory lock is released.
+    _store: Arc<Store>,
     shared: Arc<Mutex<Shared>>,
     stats: Arc<WalStats>,
     seal_lock: Mutex<()>,
     segments_dir: PathBuf,
+    frames_dir: PathBuf,
     options: WalOptions,
     #[cfg(test)]
     faults: Arc<writer::Faults>,
@@ -57,27 +62,47 @@ impl Drop for Inner {
 }
 
 impl Wal {
-    /// Opens the WAL in `options.dir`, creating it if needed, and recovers: it deletes segment
-    /// files no entry names, reports entries whose file is missing or has the wrong size (or
+    /// Opens the WAL in `options.dir`, creating it if needed, and recovers: it replays the frame
+    /// log past the stored state and truncates an entry cut short at its end, deletes segment and
+    /// log files nothing needs, reports entries whose file is missing or has the wrong size (or
     /// wrong checksum with `verify_segments_on_open`), and checks that records, positions and
-    /// segment numbers agree. Refuses a directory held by another live process or one that is not a WAL.
+    /// segment numbers agree. A WAL of format 1 or 2 is upgraded first (see `upgrade.rs`).
+    /// Refuses a directory held by another live process or one that is not a WAL.
     pub fn open(options: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
-        let dir = WalDir::open(&options.dir)?;
+        let mut dir = WalDir::open(&options.dir)?;
         let (store, created) = Store::open(dir.path(), options.cache_bytes)?;
-        let state = match store.get(STATE_KEY)? {
-            Some(bytes) => layout::decode::<StoredState>(&bytes, "the WAL state")?,
+        let frames_dir = dir.frames();
+        if let Some(older) = dir.older_format() {
+            let moved = upgrade::migrate(&store, &frames_dir)?;
+            dir.mark_current()?;
+            tracing::info!(
+                dir = %dir.path().display(),
+                found = older,
+                frames_moved = moved,
+                "WAL upgraded to format 3: unsealed frames moved to the frame log"
+            );
+        }
+        let swept = upgrade::sweep_old_frames(&store)?;
+        if swept > 0 {
+            tracing::info!(
+                keys = swept,
+                "removed the frames of the previous WAL format"
+            );
+        }
+        let stored = match store.get(STATE_KEY)? {
+            Some(bytes) => layout::decode_current::<StoredState>(&bytes, "the WAL state")?,
             None => StoredState::fresh(),
         };
-        let segments = recovery::load_segments(&store, &state)?;
-        let (backlog, garbage) = recovery::load_frames(&store, &state)?;
+        let segments = recovery::load_segments(&store, &stored)?;
         let segments_dir = dir.segments();
         let mut report = RecoveryReport {
             created,
-            backlog,
             segments: segments.len(),
-            sealed_frames_pending_removal: garbage.len(),
             ..RecoveryReport::default()
         };
+        let log = recovery::load_log(&frames_dir, stored, &mut report)?;
+        let (state, backlog) = (log.state, log.backlog);
+        report.backlog = backlog;
         recovery::clean_segments_dir(&segments_dir, &segments, &mut report)?;
         let damaged = recovery::inspect_segments(
             &segments_dir,
@@ -94,6 +119,7 @@ impl Wal {
             damaged,
             backlog,
             sled_bytes,
+            log_bytes: log.bytes,
             poisoned: None,
         }));
         let store = Arc::new(store);
@@ -107,7 +133,7 @@ impl Wal {
             state,
             backlog,
             segments: writer::lock(&shared).segments.clone(),
-            garbage,
+            log_files: log.files,
             encoder,
             max_commit_bytes: options.max_commit_bytes as u64,
             dir: dir.path().to_path_buf(),
@@ -116,6 +142,7 @@ impl Wal {
         };
         let syncer = Syncer {
             store: store.clone(),
+            log: LogWriter::new(&frames_dir),
             shared: shared.clone(),
             stats: stats.clone(),
             #[cfg(test)]
@@ -128,6 +155,7 @@ impl Wal {
             dir = %dir.path().display(),
             created,
             backlog_records = backlog.records,
+            frames_replayed = report.frames_replayed,
             segments = report.segments,
             orphans_deleted = report.orphans_deleted.len(),
             damaged = report.damaged.len(),
@@ -138,11 +166,12 @@ impl Wal {
                 sender: Some(sender),
                 // Joined in this order: the planner stops first, then the syncer drains.
                 threads: vec![planner, syncer],
-                store,
+                _store: store,
                 shared,
                 stats,
                 seal_lock: Mutex::new(()),
                 segments_dir,
+                frames_dir,
                 options,
                 #[cfg(test)]
                 faults,
@@ -223,7 +252,7 @@ impl Wal {
             });
         }
         let request = SealRequest {
-            store: &self.inner.store,
+            frames_dir: &self.inner.frames_dir,
             segments_dir: &self.inner.segments_dir,
             state: &state,
             max_raw_bytes,
@@ -335,12 +364,12 @@ impl Wal {
 
     /// Disk taken against the budget. Cheap: cached figures and one `statvfs`.
     pub fn disk_usage(&self) -> DiskUsage {
-        let (sled_bytes, segment_bytes) = {
+        let (database_bytes, segment_bytes) = {
             let shared = writer::lock(&self.inner.shared);
-            (shared.sled_bytes, shared.segment_bytes)
+            (shared.sled_bytes + shared.log_bytes, shared.segment_bytes)
         };
         DiskUsage {
-            sled_bytes,
+            database_bytes,
             segment_bytes,
             max_bytes: self.inner.options.max_bytes,
             fs_available_bytes: usage::fs_available_bytes(self.dir()),
@@ -369,19 +398,9 @@ impl Wal {
         &self.inner.faults
     }
 
-    /// Sequence numbers of the frames in the database (test helper).
+    /// The frame log's files, by first frame (test helper).
     #[cfg(test)]
-    pub(crate) fn stored_frames(&self) -> Vec<u64> {
-        self.inner
-            .store
-            .scan_prefix(&layout::frame_header_prefix())
-            .map(|item| layout::parse_numbered_key(&item.unwrap().0).unwrap())
-            .collect()
-    }
-
-    /// The first frame not wholly sealed (test helper).
-    #[cfg(test)]
-    pub(crate) fn first_unsealed_frame(&self) -> u64 {
-        writer::lock(&self.inner.shared).state.first_unsealed.frame
+    pub(crate) fn log_files(&self) -> Vec<u64> {
+        crate::log::list_files(&self.inner.frames_dir).unwrap().0
     }
 }

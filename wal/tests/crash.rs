@@ -257,10 +257,13 @@ fn reopen(dir: &Path) -> Wal {
                     "damaged segments after a kill: {report:?}"
                 );
                 eprintln!(
-                    "reopened: {} orphan segment files deleted, {} sealed frames pending removal, \
-                     {} records unsealed, {} segments",
+                    "reopened: {} orphan segment files deleted, {} sealed log files deleted, \
+                     {} frames replayed, {} bytes of a cut entry truncated, {} records unsealed, \
+                     {} segments",
                     report.orphans_deleted.len(),
-                    report.sealed_frames_pending_removal,
+                    report.sealed_log_files_deleted,
+                    report.frames_replayed,
+                    report.torn_tail_bytes,
                     report.backlog.records,
                     report.segments
                 );

@@ -629,7 +629,7 @@ fn disk_usage_counts_segments_and_the_database_against_the_budget() {
     let before = wal.disk_usage();
     assert_eq!(before.segment_bytes, 0);
     assert_eq!(before.max_bytes, 10 * 1024 * 1024);
-    assert!(before.sled_bytes > 0);
+    assert!(before.database_bytes > 0);
     assert!(before.fs_available_bytes.is_some());
     let records: Vec<Bytes> = (0..2000).map(|i| record_of_len(i, 1000)).collect();
     wal.appender().append(records, None).wait().unwrap();
@@ -637,7 +637,7 @@ fn disk_usage_counts_segments_and_the_database_against_the_budget() {
     let b = wal.seal(1 << 20, NOW_MS).unwrap().unwrap();
     let usage = wal.disk_usage();
     assert_eq!(usage.segment_bytes, a.stored_bytes + b.stored_bytes);
-    assert_eq!(usage.used(), usage.sled_bytes + usage.segment_bytes);
+    assert_eq!(usage.used(), usage.database_bytes + usage.segment_bytes);
     wal.mark_uploaded(a.number, NOW_MS).unwrap();
     assert_eq!(wal.disk_usage().segment_bytes, b.stored_bytes);
 

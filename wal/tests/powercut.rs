@@ -13,10 +13,9 @@
 //! some right after the child announces a seal or an upload mark (the segment file's write,
 //! rename and directory sync, the registering commit, the entry's removal and the file's
 //! deletion), and some anywhere from the start (creation of the WAL directory and of sled's
-//! files). Groups include large events (hundreds of KiB, stored as many 4 KiB chunks) and groups
-//! of so many tiny records that the frame header (one length per record) is larger than sled's
-//! blob threshold (about 128 KiB): sled writes it to a file of its own in `db/blobs/`, and the
-//! test checks that such files did appear.
+//! files). Groups include large events (hundreds of KiB) and groups of so many tiny records that
+//! the frame header (one length per record) takes more than 128 KiB; the frame log moves on to
+//! new files and deletes the sealed ones as it goes, and the test checks that it did.
 //!
 //! The uploads go to a directory outside the test file system: the destination does not lose
 //! power. Needs FUSE: ignored by default, run by CI with `--run-ignored only`, and failing (not
@@ -44,7 +43,7 @@ const WAL_ENV: &str = "WAL_POWERCUT_DIR";
 const UPLOADED_ENV: &str = "WAL_POWERCUT_UPLOADED";
 const START_ENV: &str = "WAL_POWERCUT_START_ID";
 const DEADLINE: Duration = Duration::from_secs(60);
-/// Records in a group whose frame header goes to a sled blob file.
+/// Records in a group whose frame header takes more than 128 KiB.
 const SWARM_RECORDS: u64 = 160_000;
 
 /// A well-mixed hash (splitmix64) so group shapes look random but are reproducible.
@@ -61,7 +60,7 @@ enum Shape {
     Empty,
     /// One event of 256 KiB to 1.5 MiB.
     Large,
-    /// [`SWARM_RECORDS`] records of one byte: the frame header outgrows sled's blob threshold.
+    /// [`SWARM_RECORDS`] records of one byte: a frame header of more than 128 KiB.
     Swarm,
     /// 1 to 40 records of 20 to 500 bytes.
     Small,
@@ -484,10 +483,15 @@ fn verify(
     last_present
 }
 
-fn blob_files(wal_dir: &Path) -> usize {
-    std::fs::read_dir(wal_dir.join("db/blobs"))
-        .map(|entries| entries.count())
-        .unwrap_or(0)
+/// Adds the names of the frame log's files to `seen`.
+fn note_log_files(wal_dir: &Path, seen: &mut std::collections::BTreeSet<String>) {
+    if let Ok(entries) = std::fs::read_dir(wal_dir.join("frames")) {
+        seen.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
 }
 
 #[test]
@@ -513,7 +517,7 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut next_id = 0u64;
     let mut acknowledged = 0u64;
-    let mut blobs_seen = 0;
+    let mut log_files_seen = std::collections::BTreeSet::new();
     let mut dropped = 0;
     let aims = [Aim::Anywhere, Aim::Appends, Aim::Seal, Aim::Mark];
     for round in 0..CUTS {
@@ -524,7 +528,7 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
             Some(true),
             "the child found the WAL new after a power cut"
         );
-        blobs_seen += blob_files(&wal_dir);
+        note_log_files(&wal_dir, &mut log_files_seen);
         let cut = fs.power_cut().expect("power cut");
         if cut.dropped_anything() {
             dropped += 1;
@@ -550,8 +554,10 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
     let counts = fs.sync_counts();
     eprintln!(
         "{acknowledged} groups acknowledged, {next_id} durable; {} file syncs, {} directory \
-         syncs; blob files seen {blobs_seen}",
-        counts.file_syncs, counts.dir_syncs
+         syncs; frame log files seen {}",
+        counts.file_syncs,
+        counts.dir_syncs,
+        log_files_seen.len()
     );
     assert!(acknowledged > 0, "the children never acknowledged anything");
     // The WAL syncs right after it writes, so a cut drops something only when the kill
@@ -561,8 +567,8 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
         "only {dropped} of {CUTS} cuts dropped anything: the kills miss the writes"
     );
     assert!(
-        blobs_seen > 0,
-        "no sled blob file appeared: the swarm groups no longer reach sled's blob threshold"
+        log_files_seen.len() >= 2,
+        "the frame log never moved to a second file: {log_files_seen:?}"
     );
     assert!(
         next_id > 89,

@@ -3,10 +3,13 @@
 //! Two threads form a pipeline of depth one:
 //!
 //! - the **planner** (`wal-writer`) takes every request queued (up to `max_commit_bytes` of
-//!   records), validates them and builds one atomic batch: one compressed frame for all their
-//!   records, segment registrations and removals, and the state after them;
-//! - the **syncer** (`wal-sync`) applies that batch, flushes and fsyncs, and only then
-//!   publishes the new state and completes the requests, in queue order.
+//!   records), validates them and builds the commit: one compressed frame for all their records
+//!   (an entry of the frame log), and a database batch for segment registrations and removals
+//!   and the state after them;
+//! - the **syncer** (`wal-sync`) appends the entry and fdatasyncs its file, then applies the
+//!   batch, flushes and fsyncs the database, and only then publishes the new state and completes
+//!   the requests, in queue order. A commit that only appends records has an empty batch: it
+//!   costs one write and one fdatasync.
 //!
 //! While the syncer syncs commit N, the planner compresses commit N+1 from what queued
 //! meanwhile, so compression (the main CPU cost) overlaps the flush and fsync wait, and one fsync
@@ -16,10 +19,13 @@
 //! Being the only writer serialises every actor that changes the state value (appends, seals,
 //! uploads, initialization) without locks around the database.
 //!
-//! If applying, flushing or syncing fails, every request of that commit gets the error, nothing
-//! of it is published, and the WAL is poisoned: later requests fail until it is reopened (after a
-//! failed fsync the kernel's page cache can no longer be trusted to reflect the disk). After a
-//! reopen the commit is there whole or not at all.
+//! If writing, applying, flushing or syncing fails, every request of that commit gets the error,
+//! nothing of it is published, and the WAL is poisoned: later requests fail until it is reopened
+//! (after a failed fsync the kernel's page cache can no longer be trusted to reflect the disk).
+//! After a reopen each group of the commit is there whole or not at all: its records, cursor and
+//! state changes are all in its frame. (A commit that also seals or marks an upload may come back
+//! with its frame and without its database part, which was never acknowledged: the seal is then
+//! done again, the upload repeated.)
 
 mod planner;
 mod syncer;
@@ -147,6 +153,8 @@ pub(crate) struct Shared {
     pub damaged: BTreeMap<u64, SegmentProblem>,
     pub backlog: Backlog,
     pub sled_bytes: u64,
+    /// Bytes of the frame log's files.
+    pub log_bytes: u64,
     pub poisoned: Option<Arc<WalError>>,
 }
 
@@ -160,13 +168,11 @@ pub(crate) fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> 
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct Faults {
-    /// Fail the next commit after its batch was applied, before it is synced.
+    /// Fail the next commit after its frame was written, before it is synced.
     pub fail_next_sync: std::sync::atomic::AtomicBool,
     /// Taken by the writer after it received the first request of a commit and before it gathers
     /// the others: a test holding it makes everything it queues meanwhile one commit.
     pub hold: Mutex<()>,
-    /// Never commit a removal of sealed frames on its own (only with requests).
-    pub no_idle_gc: std::sync::atomic::AtomicBool,
 }
 
 /// A planned commit on its way to the syncer, with the answers owed once it is durable.
@@ -196,8 +202,12 @@ pub(crate) fn spawn(
 
 /// Everything one commit changes, built before anything is written.
 struct CommitPlan {
-    /// The writes, applied atomically.
+    /// The frame log entry of its records, and where it goes.
+    entry: Option<(crate::log::LogPos, Vec<u8>)>,
+    /// The database writes, applied atomically once the entry is durable.
     batch: WriteBatch,
+    /// Log files holding only sealed frames, deleted once the commit is durable.
+    sealed_log_files: Vec<u64>,
     /// The state once the commit is durable.
     state: StoredState,
     /// The backlog once the commit is durable.

@@ -1,11 +1,12 @@
 //! The planner: gathers queued requests into commits, validates them, compresses their records
-//! into one frame, and builds the batch and the state each commit leads to.
+//! into one frame (an entry of the frame log), and builds the database batch and the state each
+//! commit leads to.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{CommitPlan, MAX_TS_MS, Planned, Reply, Request, Shared, lock};
 use bytes::Bytes;
@@ -13,11 +14,12 @@ use bytes::Bytes;
 use crate::appender::Committed;
 use crate::compress::FrameEncoder;
 use crate::error::WalError;
-use crate::frame::{self, CursorMark, FrameHeader};
+use crate::frame::{CursorMark, FrameHeader};
 use crate::layout::{self, STATE_KEY};
+use crate::log;
 use crate::seal::SealPlan;
 use crate::segment::SegmentMeta;
-use crate::state::{InitialState, StoredState, UploadRecord};
+use crate::state::{InitialState, StateChange, StoredState, UploadRecord};
 use crate::store::WriteBatch;
 use crate::usage::Backlog;
 
@@ -30,13 +32,6 @@ const KEPT_BUFFER_BYTES: usize = 1024 * 1024;
 /// call (faster); larger ones (only a huge record makes them) are streamed record by record, so a
 /// huge record is never copied.
 const CONTIGUOUS_MAX_BYTES: u64 = 8 * 1024 * 1024;
-/// Chunks of sealed frames removed per commit at most (about 4 MiB of raw records). Sealed frames
-/// are removed a little at a time, after the commit that sealed them, because removing a whole
-/// segment's worth of keys in one batch makes sled pull and rewrite hundreds of leaves at once
-/// (a transient of tens of MiB of RSS for a 64 MiB segment).
-const GC_CHUNKS_PER_COMMIT: u32 = 256;
-/// How long the planner waits for requests before it commits a removal of sealed frames alone.
-const GC_IDLE_DELAY: Duration = Duration::from_millis(20);
 
 /// The planner thread's state: the state, backlog and segments as they will be once every commit
 /// planned so far is durable.
@@ -46,8 +41,8 @@ pub(crate) struct Planner {
     pub backlog: Backlog,
     /// Segment numbers (with their entries) once every planned commit is durable.
     pub segments: BTreeMap<u64, SegmentMeta>,
-    /// Sealed frames not removed yet, oldest first: (sequence, chunk count).
-    pub garbage: VecDeque<(u64, u32)>,
+    /// The frame log's files, by first frame, oldest first (the one appended to last).
+    pub log_files: VecDeque<u64>,
     pub encoder: FrameEncoder,
     pub max_commit_bytes: u64,
     pub dir: PathBuf,
@@ -62,7 +57,7 @@ struct FrameBuilder<'b> {
     raw_bytes: u64,
     /// Whether records are gathered and compressed in one piece, or streamed.
     contiguous: bool,
-    /// The header, from the first record on.
+    /// The header, from the first append on.
     header: Option<FrameHeader>,
     /// CRC32C of the raw content added so far.
     raw_crc32c: u32,
@@ -79,29 +74,27 @@ impl<'b> FrameBuilder<'b> {
         }
     }
 
-    /// Adds an append's records; the first records start the frame, which remembers the cursor
-    /// in effect before them (`state` is the state planned so far).
+    /// Adds an append's records; the first append starts the frame, which remembers the cursor
+    /// in effect before it (`state` is the state planned so far).
     fn add(
         &mut self,
         encoder: &mut FrameEncoder,
         records: &[Bytes],
         state: &StoredState,
     ) -> std::io::Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        if self.header.is_none() && !self.contiguous {
+        if self.header.is_none() && !self.contiguous && self.raw_bytes > 0 {
             encoder.begin_sized_frame(self.raw_bytes)?;
         }
         let header = self.header.get_or_insert_with(|| FrameHeader {
+            frame: state.next_frame_seq,
             first_seq: state.next_record_seq,
             record_lens: Vec::new(),
             raw_bytes: self.raw_bytes,
             stored_bytes: 0,
-            chunks: 0,
             cursor_before: state.cursor.clone(),
             marks: Vec::new(),
-            raw_crc32c: None,
+            changes: Vec::new(),
+            raw_crc32c: 0,
         });
         let FrameBuffers { raw, compressed } = &mut *self.buffers;
         for record in records {
@@ -119,26 +112,29 @@ impl<'b> FrameBuilder<'b> {
         Ok(())
     }
 
-    /// Notes that the append just added set `cursor`.
-    fn mark_cursor(&mut self, cursor: &str) {
+    /// Notes that the append just added set `cursor` and made `changes`.
+    fn mark(&mut self, cursor: Option<&str>, changes: &[StateChange]) {
         if let Some(header) = self.header.as_mut() {
-            header.marks.push(CursorMark {
-                end: header.record_lens.len() as u64,
-                cursor: cursor.to_string(),
-            });
+            if let Some(cursor) = cursor {
+                header.marks.push(CursorMark {
+                    end: header.record_lens.len() as u64,
+                    cursor: cursor.to_string(),
+                });
+            }
+            header.changes.extend_from_slice(changes);
         }
     }
 
     /// Compresses what is left and returns the header and the compressed frame, or `None` when
-    /// the commit has no record.
+    /// the commit has no record (its appends then only change the state).
     fn finish(
         self,
         encoder: &mut FrameEncoder,
     ) -> std::io::Result<Option<(FrameHeader, &'b [u8])>> {
-        let Some(mut header) = self.header else {
+        let Some(mut header) = self.header.filter(|header| header.records() > 0) else {
             return Ok(None);
         };
-        header.raw_crc32c = Some(self.raw_crc32c);
+        header.raw_crc32c = self.raw_crc32c;
         let FrameBuffers { raw, compressed } = self.buffers;
         if self.contiguous {
             encoder.compress_whole(raw, compressed)?;
@@ -146,7 +142,6 @@ impl<'b> FrameBuilder<'b> {
             encoder.finish_frame(compressed)?;
         }
         header.stored_bytes = compressed.len() as u64;
-        header.chunks = frame::chunk_count(compressed.len());
         Ok(Some((header, compressed.as_slice())))
     }
 }
@@ -183,29 +178,17 @@ impl Planner {
         let mut carry: Option<Request> = None;
         loop {
             let first = match carry.take() {
-                Some(request) => Some(request),
-                None if self.garbage.is_empty() || self.idle_gc_disabled() => match requests.recv()
-                {
-                    Ok(request) => Some(request),
+                Some(request) => request,
+                None => match requests.recv() {
+                    Ok(request) => request,
                     Err(_) => break,
-                },
-                // Sealed frames wait for removal: remove some if no request comes soon.
-                None => match requests.recv_timeout(GC_IDLE_DELAY) {
-                    Ok(request) => Some(request),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
             #[cfg(test)]
-            if first.is_some() {
-                drop(self.faults.hold.lock());
-            }
-            let mut raw = first.as_ref().map_or(0, Request::raw_bytes);
-            let mut batch: Vec<Request> = first.into_iter().collect();
-            while !batch.is_empty()
-                && raw < self.max_commit_bytes
-                && batch.len() < MAX_REQUESTS_PER_COMMIT
-            {
+            drop(self.faults.hold.lock());
+            let mut raw = first.raw_bytes();
+            let mut batch = vec![first];
+            while raw < self.max_commit_bytes && batch.len() < MAX_REQUESTS_PER_COMMIT {
                 match requests.try_recv() {
                     Ok(request) => {
                         let size = request.raw_bytes();
@@ -225,8 +208,6 @@ impl Planner {
             let plan = match poisoned {
                 // Refused without planning; the syncer answers, in order.
                 Some(cause) => {
-                    // Nothing will be written any more, removals included.
-                    self.garbage.clear();
                     let refused = |r: Request| {
                         r.into_reply(WalError::Poisoned {
                             cause: cause.clone(),
@@ -264,6 +245,8 @@ impl Planner {
     ) -> Result<CommitPlan, WalError> {
         let mut plan = CommitPlan {
             batch: WriteBatch::default(),
+            entry: None,
+            sealed_log_files: Vec::new(),
             state: self.state.clone(),
             backlog: self.backlog,
             added: Vec::new(),
@@ -274,6 +257,9 @@ impl Planner {
         };
         let frame_raw: u64 = requests.iter().map(Request::raw_bytes).sum();
         let mut frame = FrameBuilder::new(buffers, frame_raw);
+        // Whether the appends changed the state, and whether anything else did: the latter is
+        // always written to the database, the former only when no frame carries it.
+        let mut appended = false;
         let mut state_changed = false;
         let mut compress_error = None;
         for request in requests {
@@ -285,15 +271,15 @@ impl Planner {
                         compress_error.get_or_insert(e);
                     }
                     plan.state.next_record_seq += records;
+                    frame.mark(group.cursor.as_deref(), &group.changes);
                     if let Some(cursor) = group.cursor {
-                        frame.mark_cursor(&cursor);
                         plan.state.cursor = Some(cursor);
                     }
                     for change in group.changes {
                         plan.state.apply(change);
                     }
                     plan.state.touched = true;
-                    state_changed = true;
+                    appended = true;
                     replies.push(Reply::Append(reply, Ok(Committed { first_seq, records })));
                 }
                 Request::Register { plan: seal, reply } => {
@@ -324,18 +310,33 @@ impl Planner {
             .finish(&mut self.encoder)
             .map_err(|e| WalError::io("compressing a commit for", &self.dir, e))?;
         if let Some((header, compressed)) = finished {
-            let seq = plan.state.next_frame_seq;
-            frame::add_to_batch(&mut plan.batch, seq, &header, compressed)?;
-            plan.state.next_frame_seq += 1;
+            let mut entry = Vec::new();
+            log::encode_entry(&header, compressed, &mut entry)?;
+            let pos = plan.state.log_end;
+            plan.state.log_end = pos.after(header.frame, entry.len() as u64);
+            plan.state.next_frame_seq = header.frame + 1;
+            if pos.offset == 0 {
+                self.log_files.push_back(pos.file);
+            }
+            plan.entry = Some((pos, entry));
             plan.backlog.records += header.records();
             plan.backlog.raw_bytes += header.raw_bytes;
             plan.stored_bytes = header.stored_bytes;
             plan.raw_bytes = header.raw_bytes;
+        } else {
+            state_changed |= appended;
         }
-        self.remove_some_garbage(&mut plan.batch);
         if state_changed {
             plan.batch
                 .insert(STATE_KEY, layout::encode(&plan.state, "the WAL state")?);
+        }
+        // Files before the one holding the first unsealed frame hold only sealed frames: they
+        // are deleted once this commit (which may be the one sealing them) is durable.
+        while let Some(&oldest) = self.log_files.front()
+            && oldest < plan.state.first_unsealed.log.file
+        {
+            plan.sealed_log_files.push(oldest);
+            self.log_files.pop_front();
         }
         // Plan the next commit on the state this one leads to.
         self.state = plan.state.clone();
@@ -347,34 +348,6 @@ impl Planner {
             self.segments.remove(number);
         }
         Ok(plan)
-    }
-
-    #[cfg(test)]
-    fn idle_gc_disabled(&self) -> bool {
-        self.faults
-            .no_idle_gc
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    #[cfg(not(test))]
-    fn idle_gc_disabled(&self) -> bool {
-        false
-    }
-
-    /// Adds the removal of the oldest sealed frames, up to [`GC_CHUNKS_PER_COMMIT`] chunks (at
-    /// least one frame), to a commit.
-    fn remove_some_garbage(&mut self, batch: &mut WriteBatch) {
-        let mut budget = GC_CHUNKS_PER_COMMIT;
-        let mut removed_any = false;
-        while let Some(&(seq, chunks)) = self.garbage.front() {
-            if removed_any && chunks > budget {
-                break;
-            }
-            frame::remove_from_batch(batch, seq, chunks);
-            self.garbage.pop_front();
-            budget = budget.saturating_sub(chunks);
-            removed_any = true;
-        }
     }
 
     fn register(&mut self, plan: &mut CommitPlan, seal: SealPlan) -> Result<(), WalError> {
@@ -393,9 +366,8 @@ impl Planner {
             &layout::segment_key(seal.meta.number),
             layout::encode(&seal.meta, "a segment entry")?,
         );
-        // The frames now sealed are garbage: nothing reads below the first unsealed position.
-        // They are removed a little at a time, from this commit on.
-        self.garbage.extend(seal.removed_frames.iter().copied());
+        // Nothing reads below the first unsealed position: the log files left behind it are
+        // deleted after this commit (see `plan`).
         plan.state.first_unsealed = seal.to;
         plan.state.next_file_number += 1;
         plan.state.last_sealed_ts_ms = seal.meta.ts_ms;

@@ -1,5 +1,6 @@
-//! The syncer: applies planned commits in order, makes them durable (sled flush, then fsync),
-//! publishes them and answers their requests; the first failure poisons the WAL.
+//! The syncer: makes planned commits durable in order (the frame log entry written and
+//! fdatasynced, then the database batch applied, flushed and fsynced), deletes the log files they
+//! left sealed, publishes them and answers their requests; the first failure poisons the WAL.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{CommitPlan, Planned, Reply, Shared, lock};
 use crate::error::WalError;
-use crate::store::{Store, WriteBatch};
+use crate::log::LogWriter;
+use crate::store::Store;
 use crate::usage::WalStats;
 
 /// How often the database size is measured when no seal or upload asks for it.
@@ -16,6 +18,7 @@ const SIZE_REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// The syncer thread's state.
 pub(crate) struct Syncer {
     pub store: Arc<Store>,
+    pub log: LogWriter,
     pub shared: Arc<Mutex<Shared>>,
     pub stats: Arc<WalStats>,
     #[cfg(test)]
@@ -24,7 +27,7 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     /// Commits planned batches in order until the planner is gone.
-    pub(super) fn run(self, planned: mpsc::Receiver<Planned>) {
+    pub(super) fn run(mut self, planned: mpsc::Receiver<Planned>) {
         let mut poisoned: Option<Arc<WalError>> = None;
         let mut last_size_refresh = Instant::now();
         for Planned {
@@ -92,12 +95,35 @@ impl Syncer {
 
     /// Writes one planned commit and publishes it. Returns whether sizes changed enough to
     /// measure the database again; on `Err` nothing was published.
-    fn commit(&self, plan: CommitPlan) -> Result<bool, WalError> {
-        if plan.batch.is_empty() {
+    fn commit(&mut self, plan: CommitPlan) -> Result<bool, WalError> {
+        if plan.batch.is_empty() && plan.entry.is_none() && plan.sealed_log_files.is_empty() {
             // Every request was refused on its own: nothing to write.
             return Ok(false);
         }
-        self.write(plan.batch)?;
+        let mut fault = self.injected_fault();
+        let mut log_bytes_added = 0;
+        // The entry first: a database state naming the log's end must never be durable before
+        // the entries it counts.
+        if let Some((pos, entry)) = &plan.entry {
+            self.log.write(*pos, entry)?;
+            fault.take().map_or(Ok(()), Err)?;
+            self.log.sync(*pos)?;
+            log_bytes_added = entry.len() as u64;
+        }
+        if !plan.batch.is_empty() {
+            self.store.apply(plan.batch)?;
+            fault.take().map_or(Ok(()), Err)?;
+            self.store.sync()?;
+        }
+        // Only once the seal that left them behind is durable. A failure costs disk space only:
+        // the next open deletes them.
+        let log_bytes_freed = match self.log.delete(&plan.sealed_log_files) {
+            Ok(freed) => freed,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot delete sealed frame log files");
+                0
+            }
+        };
         WalStats::add(&self.stats.commits, 1);
         WalStats::add(&self.stats.raw_bytes, plan.raw_bytes);
         WalStats::add(&self.stats.stored_bytes, plan.stored_bytes);
@@ -107,6 +133,7 @@ impl Syncer {
         }
         WalStats::add(&self.stats.segments_uploaded, plan.removed.len() as u64);
         let mut shared = lock(&self.shared);
+        shared.log_bytes = (shared.log_bytes + log_bytes_added).saturating_sub(log_bytes_freed);
         shared.state = plan.state;
         shared.backlog = plan.backlog;
         for meta in plan.added {
@@ -122,20 +149,23 @@ impl Syncer {
         Ok(plan.sizes_changed)
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<(), WalError> {
-        self.store.apply(batch)?;
-        #[cfg(test)]
-        if self
-            .faults
+    /// The failure a test asked the next commit to meet between its write and its sync.
+    #[cfg(test)]
+    fn injected_fault(&self) -> Option<WalError> {
+        self.faults
             .fail_next_sync
             .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(WalError::io(
-                "fsyncing (injected fault)",
-                self.store.path(),
-                std::io::Error::other("injected"),
-            ));
-        }
-        self.store.sync()
+            .then(|| {
+                WalError::io(
+                    "fsyncing (injected fault)",
+                    self.store.path(),
+                    std::io::Error::other("injected"),
+                )
+            })
+    }
+
+    #[cfg(not(test))]
+    fn injected_fault(&self) -> Option<WalError> {
+        None
     }
 }
