@@ -6,7 +6,8 @@
 //! mount is dropped and made again around every power cut.
 
 use std::ffi::OsStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -24,6 +25,8 @@ const TTL: Duration = Duration::ZERO;
 /// The file system handed to fuser; the state outlives the mount.
 pub(crate) struct Fs {
     pub(crate) state: Arc<Mutex<State>>,
+    /// Notified when the power goes off or is cut: syncs in flight end at once.
+    pub(crate) power_events: Arc<Condvar>,
 }
 
 /// Open flags that make every write synchronous.
@@ -40,8 +43,56 @@ fn errno(code: i32) -> Errno {
 
 impl Fs {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
+
+    /// Answers an `fsync` of file or directory `ino` as a disk would: at once when the sync
+    /// latency is zero, otherwise that long later from a thread of its own (other requests are
+    /// served meanwhile), and only while the power stays on: a sync in flight when the power goes
+    /// off or is cut ends at once with `EIO` and makes nothing durable. What a sync makes durable
+    /// is the live contents when it completes (a disk may write more than it was asked to).
+    fn sync_and_reply(&self, ino: u64, reply: ReplyEmpty) {
+        let mut state = self.lock();
+        let latency = state.sync_latency;
+        if latency.is_zero() {
+            match state.sync(ino) {
+                Ok(()) => reply.ok(),
+                Err(code) => reply.error(errno(code)),
+            }
+            return;
+        }
+        state.syncs_in_flight += 1;
+        let cuts_before = state.power_cuts;
+        drop(state);
+        let (shared, power_events) = (self.state.clone(), self.power_events.clone());
+        let done = Instant::now() + latency;
+        std::thread::spawn(move || {
+            let mut state = lock(&shared);
+            let mut now = Instant::now();
+            while now < done && state.power_cuts == cuts_before && !state.power_off {
+                state = power_events
+                    .wait_timeout(state, done - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                now = Instant::now();
+            }
+            state.syncs_in_flight -= 1;
+            let result = if state.power_cuts == cuts_before {
+                state.sync(ino)
+            } else {
+                Err(libc::EIO)
+            };
+            drop(state);
+            match result {
+                Ok(()) => reply.ok(),
+                Err(code) => reply.error(errno(code)),
+            }
+        });
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn attr(state: &State, ino: u64, node: &Node) -> FileAttr {
@@ -341,10 +392,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.lock().sync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(code) => reply.error(errno(code)),
-        }
+        self.sync_and_reply(ino.0, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -412,10 +460,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.lock().sync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(code) => reply.error(errno(code)),
-        }
+        self.sync_and_reply(ino.0, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -10,7 +10,8 @@
 //!   directory ([`Model::Strict`], POSIX as written), or also when a file they name is synced
 //!   ([`Model::Ext4Like`]).
 //!
-//! A test runs the program on the mount, stops it with SIGKILL, reaps it, then calls
+//! A test runs the program on the mount, stops it with SIGKILL (and, to put the cut at the kill
+//! itself, turns the power off at once with [`TestFs::power_off`]), reaps it, then calls
 //! [`TestFs::power_cut`]: the mount is dropped (so no request still in flight can land after the
 //! cut), everything not durable is dropped at once, and the same path is mounted again for the
 //! restart. The kernel caches nothing in between: entry and attribute time-to-live are zero and
@@ -20,6 +21,10 @@
 //! copies no bytes). It starts from the contents of a backing directory, and
 //! [`TestFs::unmount`] writes what it holds back there, as a clean shutdown would, so a test
 //! can look at the files after the run.
+//!
+//! A sync can be given a latency ([`TestFs::set_sync_latency`]), as a real disk's flush has, and
+//! the power can go off at the moment of a kill ([`TestFs::power_off`]): a program killed while
+//! waiting for a sync then loses, at the cut, what it asked to make durable.
 //!
 //! What it does not model: metadata other than sizes (mode, owner, times are kept as they are);
 //! a partial cut inside one directory (its unsynced changes go or stay together); torn writes
@@ -36,7 +41,7 @@ mod fs;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use model::{Body, Data, ROOT, State};
@@ -48,6 +53,8 @@ pub const NEEDS_FUSE: &str = "needs FUSE (/dev/fuse and fusermount3)";
 /// A mounted test file system. Dropping it unmounts it (without writing back).
 pub struct TestFs {
     state: Arc<Mutex<State>>,
+    /// Wakes the syncs in flight when the power goes off or is cut.
+    power_events: Arc<Condvar>,
     mountpoint: PathBuf,
     backing: PathBuf,
     session: Option<fuser::BackgroundSession>,
@@ -83,6 +90,7 @@ impl TestFs {
         load(&mut state, ROOT, backing)?;
         let mut fs = TestFs {
             state: Arc::new(Mutex::new(state)),
+            power_events: Arc::new(Condvar::new()),
             mountpoint: mountpoint.to_path_buf(),
             backing: backing.to_path_buf(),
             session: None,
@@ -102,6 +110,31 @@ impl TestFs {
         self.lock().counts
     }
 
+    /// Makes every later `fsync`/`fdatasync` of a file or directory take `latency`, as a disk's
+    /// flush does (zero, the default: at once). A program killed while a sync is in flight
+    /// loses what that sync would have made durable if the power is cut before the latency
+    /// has passed, so kills land far more often between a write and the end of its sync, the
+    /// window a program's recovery must handle. Other requests are served meanwhile;
+    /// synchronous writes (`O_SYNC`, `O_DSYNC`) stay durable at once.
+    pub fn set_sync_latency(&self, latency: Duration) {
+        self.lock().sync_latency = latency;
+    }
+
+    /// The power goes off now, as far as durability goes: from this call until the next
+    /// [`TestFs::power_cut`], every sync (in flight or new) fails with `EIO` and makes nothing
+    /// durable. Calling it right after sending SIGKILL, before reaping, puts the cut at the
+    /// kill itself: a sync the program was waiting for cannot complete in between, and the
+    /// `EIO` it gets instead is never seen (the signal is already pending).
+    pub fn power_off(&self) {
+        self.lock().power_off = true;
+        self.power_events.notify_all();
+    }
+
+    /// Sync requests received and not answered yet (see [`TestFs::set_sync_latency`]).
+    pub fn syncs_in_flight(&self) -> u64 {
+        self.lock().syncs_in_flight
+    }
+
     /// Power cuts so far.
     pub fn cuts(&self) -> usize {
         self.cuts
@@ -112,6 +145,7 @@ impl TestFs {
     pub fn power_cut(&mut self) -> io::Result<CutReport> {
         self.detach()?;
         let report = self.lock().power_cut();
+        self.power_events.notify_all();
         self.cuts += 1;
         self.attach()?;
         Ok(report)
@@ -146,6 +180,7 @@ impl TestFs {
         ];
         let fs = fs::Fs {
             state: self.state.clone(),
+            power_events: self.power_events.clone(),
         };
         let session = fuser::spawn_mount(fs, &self.mountpoint, &config).map_err(|e| {
             io::Error::new(

@@ -237,6 +237,16 @@ pub struct State {
     pub model: Model,
     /// Sync calls so far.
     pub counts: SyncCounts,
+    /// How long a disk flush takes: a sync request is answered, and what it syncs made durable,
+    /// this long after it arrives (zero: at once). See [`crate::TestFs::set_sync_latency`].
+    pub sync_latency: std::time::Duration,
+    /// Sync requests received and not answered yet.
+    pub syncs_in_flight: u64,
+    /// Power cuts so far: a sync still in flight at a cut makes nothing durable.
+    pub power_cuts: u64,
+    /// The power is off (see [`crate::TestFs::power_off`]): every sync fails with `EIO` and makes
+    /// nothing durable, until the next power cut.
+    pub power_off: bool,
 }
 
 impl State {
@@ -261,6 +271,10 @@ impl State {
             next_ino: ROOT + 1,
             model,
             counts: SyncCounts::default(),
+            sync_latency: std::time::Duration::ZERO,
+            syncs_in_flight: 0,
+            power_cuts: 0,
+            power_off: false,
         }
     }
 
@@ -519,6 +533,9 @@ impl State {
 
     /// `fsync`/`fdatasync` of file `ino`, or `fsync` of directory `ino`.
     pub fn sync(&mut self, ino: u64) -> Result<(), Errno> {
+        if self.power_off {
+            return Err(libc::EIO);
+        }
         let node = self.node_mut(ino)?;
         match &mut node.body {
             Body::File { live, durable } => {
@@ -627,6 +644,8 @@ impl State {
     /// The power cut: every live content goes back to its durable one, and inodes that no
     /// durable entry reaches from the root are forgotten. Call it with nothing open.
     pub fn power_cut(&mut self) -> CutReport {
+        self.power_cuts += 1;
+        self.power_off = false;
         let mut report = CutReport::default();
         let paths_before = self.paths();
         let mut dirs: Vec<u64> = self.nodes.keys().copied().collect();

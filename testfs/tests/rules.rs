@@ -199,3 +199,72 @@ fn unmount_writes_the_contents_back_and_a_mount_starts_from_them() {
         b"from the backing directory"
     );
 }
+
+/// `sync --data FILE` (coreutils): fdatasync of `file` from a process of its own, which the
+/// test can kill while it waits.
+fn spawn_fdatasync(file: &Path) -> std::process::Child {
+    std::process::Command::new("sync")
+        .arg("--data")
+        .arg(file)
+        .spawn()
+        .expect("run coreutils' sync")
+}
+
+fn wait_for_syncs_in_flight(fs: &TestFs, wanted: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs.syncs_in_flight() != wanted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{wanted} syncs in flight expected, {} seen",
+            fs.syncs_in_flight()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+#[ignore = "needs FUSE (/dev/fuse and fusermount3)"]
+fn a_sync_in_flight_when_the_power_goes_off_makes_nothing_durable() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (_tmp, mut fs) = mounted(Model::Strict);
+    let file = fs.path().join("f");
+    write_synced(&file, b"synced");
+    sync_dir(fs.path());
+    // Long enough that only the power going off can end the sync.
+    fs.set_sync_latency(std::time::Duration::from_secs(600));
+    let mut handle = OpenOptions::new().append(true).open(&file).unwrap();
+    handle.write_all(b" and in flight").unwrap();
+    drop(handle);
+    let mut child = spawn_fdatasync(&file);
+    wait_for_syncs_in_flight(&fs, 1);
+    // Killed first, then the power goes off: the sync ends with EIO, which the dying process
+    // never sees.
+    child.kill().unwrap();
+    fs.power_off();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status}");
+    wait_for_syncs_in_flight(&fs, 0);
+    let report = fs.power_cut().unwrap();
+    assert_eq!(report.files_reverted, vec!["/f".to_string()]);
+    assert_eq!(fs::read(&file).unwrap(), b"synced");
+    assert_eq!(
+        fs.sync_counts().file_syncs,
+        1,
+        "only the first sync counted"
+    );
+
+    // A sync that completes before the power goes off keeps what it synced.
+    fs.set_sync_latency(std::time::Duration::from_millis(50));
+    let mut handle = OpenOptions::new().append(true).open(&file).unwrap();
+    handle.write_all(b" and then synced").unwrap();
+    drop(handle);
+    let status = spawn_fdatasync(&file).wait().unwrap();
+    assert!(
+        status.success(),
+        "a sync with the power on succeeds: {status}"
+    );
+    fs.power_off();
+    let report = fs.power_cut().unwrap();
+    assert!(!report.dropped_anything(), "{report:?}");
+    assert_eq!(fs::read(&file).unwrap(), b"synced and then synced");
+}

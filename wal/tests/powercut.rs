@@ -1,6 +1,7 @@
 //! Power-cut test: like `crash.rs`, a child process appends groups while another of its threads
 //! seals and "uploads" segments, and is killed with SIGKILL at random moments; but here the WAL
-//! lives on the test file system of `testfs`, and after every kill the power is cut: everything
+//! lives on the test file system of `testfs`, whose syncs take a millisecond as a disk's do, and
+//! at every kill the power goes off and is cut: everything
 //! the WAL did not fsync (file data) or make durable with an fsync of its directory (creations,
 //! renames, removals: the strict POSIX model) is dropped, before the WAL is opened again.
 //!
@@ -248,7 +249,14 @@ struct Round {
     created: Option<bool>,
 }
 
-fn run_child(wal_dir: &Path, uploaded: &Path, start: u64, rng: &mut impl Rng, aim: Aim) -> Round {
+fn run_child(
+    fs: &TestFs,
+    wal_dir: &Path,
+    uploaded: &Path,
+    start: u64,
+    rng: &mut impl Rng,
+    aim: Aim,
+) -> Round {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "powercut_child",
@@ -338,6 +346,8 @@ fn run_child(wal_dir: &Path, uploaded: &Path, start: u64, rng: &mut impl Rng, ai
     };
     std::thread::sleep(delay);
     child.kill().expect("SIGKILL the child");
+    // The power goes off at the kill: a sync the child was waiting for does not complete.
+    fs.power_off();
     let status = child.wait().unwrap();
     reader.join().unwrap();
     let stderr = stderr_reader.join().unwrap();
@@ -505,6 +515,9 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
         Model::Strict,
     )
     .expect("mount the test file system");
+    // A disk whose flush takes as long as a fast SSD's: kills land between a write and the end
+    // of its sync often enough for the cuts to drop something.
+    fs.set_sync_latency(Duration::from_millis(1));
     let wal_dir = fs.path().join("wal");
     let uploaded = tmp.path().join("uploaded");
     std::fs::create_dir(&uploaded).unwrap();
@@ -522,7 +535,7 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
     let aims = [Aim::Anywhere, Aim::Appends, Aim::Seal, Aim::Mark];
     for round in 0..CUTS {
         let aim = aims[round % aims.len()];
-        let result = run_child(&wal_dir, &uploaded, next_id, &mut rng, aim);
+        let result = run_child(&fs, &wal_dir, &uploaded, next_id, &mut rng, aim);
         assert_ne!(
             result.created.filter(|_| acknowledged > 0),
             Some(true),
@@ -561,7 +574,7 @@ fn power_cut_after_sigkill_at_random_moments_keeps_every_acknowledged_group() {
     );
     assert!(acknowledged > 0, "the children never acknowledged anything");
     // The WAL syncs right after it writes, so a cut drops something only when the kill
-    // lands between a write and its sync: a fair share of the cuts must.
+    // lands between a write and the end of its sync: a fair share of the cuts must.
     assert!(
         dropped >= CUTS / 4,
         "only {dropped} of {CUTS} cuts dropped anything: the kills miss the writes"
