@@ -253,6 +253,10 @@ impl LogReader {
                 "a body of {body_len} bytes cannot hold a header of {header_len} bytes"
             )));
         }
+        let len = PREFIX_BYTES
+            .checked_add(body_len)
+            .filter(|len| pos.offset.checked_add(*len).is_some())
+            .ok_or_else(|| EntryError::Invalid(format!("a body of {body_len} bytes")))?;
         let mut encoded = vec![0u8; header_len as usize];
         reader.read_exact(&mut encoded)?;
         let header_crc = crc32c::crc32c_append(crc32c::crc32c(&prefix[12..16]), &encoded);
@@ -268,7 +272,7 @@ impl LogReader {
         Ok(Entry {
             header,
             pos,
-            len: PREFIX_BYTES + body_len,
+            len,
             expected_crc,
             header_crc,
         })
