@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use md5::Digest as _;
-use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use simulator::iso;
@@ -164,11 +163,7 @@ async fn power_cuts_at_random_moments_lose_nothing_and_never_find_the_wal_new() 
             }
         };
         // The power goes off at the kill: a sync the daemon was waiting for does not complete.
-        if !daemon.has_exited() {
-            daemon.signal(Signal::SIGKILL);
-        }
-        fs.power_off();
-        daemon.kill();
+        daemon.kill_and(|| fs.power_off());
         let opens = wal_opens(&daemon);
         if round > 0 && !opens.is_empty() {
             checked_restarts += 1;

@@ -7,8 +7,7 @@
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -41,6 +40,14 @@ fn errno(code: i32) -> Errno {
     Errno::from_i32(code)
 }
 
+/// Answers a request that returns nothing with `result`.
+fn answer(reply: ReplyEmpty, result: Result<(), i32>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(code) => reply.error(errno(code)),
+    }
+}
+
 impl Fs {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
@@ -55,10 +62,7 @@ impl Fs {
         let mut state = self.lock();
         let latency = state.sync_latency;
         if latency.is_zero() {
-            match state.sync(ino) {
-                Ok(()) => reply.ok(),
-                Err(code) => reply.error(errno(code)),
-            }
+            answer(reply, state.sync(ino));
             return;
         }
         state.syncs_in_flight += 1;
@@ -83,10 +87,7 @@ impl Fs {
                 Err(libc::EIO)
             };
             drop(state);
-            match result {
-                Ok(()) => reply.ok(),
-                Err(code) => reply.error(errno(code)),
-            }
+            answer(reply, result);
         });
     }
 }
@@ -264,17 +265,11 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.lock().remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(code) => reply.error(errno(code)),
-        }
+        answer(reply, self.lock().remove(parent.0, name, false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.lock().remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(code) => reply.error(errno(code)),
-        }
+        answer(reply, self.lock().remove(parent.0, name, true));
     }
 
     fn rename(
@@ -292,13 +287,10 @@ impl Filesystem for Fs {
             return;
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self
+        let result = self
             .lock()
-            .rename(parent.0, name, newparent.0, newname, no_replace)
-        {
-            Ok(()) => reply.ok(),
-            Err(code) => reply.error(errno(code)),
-        }
+            .rename(parent.0, name, newparent.0, newname, no_replace);
+        answer(reply, result);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

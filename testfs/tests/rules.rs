@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use testfs::{Model, TestFs, require_fuse};
 
@@ -21,6 +22,12 @@ fn sync_dir(path: &Path) {
     File::open(path).unwrap().sync_all().unwrap();
 }
 
+/// Appends `bytes` to `path` without syncing.
+fn append(path: &Path, bytes: &[u8]) {
+    let mut handle = OpenOptions::new().append(true).open(path).unwrap();
+    handle.write_all(bytes).unwrap();
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) {
     let mut file = File::create(path).unwrap();
     file.write_all(bytes).unwrap();
@@ -34,9 +41,7 @@ fn data_not_synced_is_gone_and_synced_data_stays() {
     let file = fs.path().join("f");
     write_synced(&file, b"synced");
     sync_dir(fs.path());
-    let mut handle = OpenOptions::new().append(true).open(&file).unwrap();
-    handle.write_all(b" and not synced").unwrap();
-    drop(handle);
+    append(&file, b" and not synced");
     assert_eq!(fs::read(&file).unwrap(), b"synced and not synced");
     let report = fs.power_cut().unwrap();
     assert_eq!(report.files_reverted, vec!["/f".to_string()]);
@@ -211,14 +216,14 @@ fn spawn_fdatasync(file: &Path) -> std::process::Child {
 }
 
 fn wait_for_syncs_in_flight(fs: &TestFs, wanted: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while fs.syncs_in_flight() != wanted {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{wanted} syncs in flight expected, {} seen",
             fs.syncs_in_flight()
         );
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -231,10 +236,8 @@ fn a_sync_in_flight_when_the_power_goes_off_makes_nothing_durable() {
     write_synced(&file, b"synced");
     sync_dir(fs.path());
     // Long enough that only the power going off can end the sync.
-    fs.set_sync_latency(std::time::Duration::from_secs(600));
-    let mut handle = OpenOptions::new().append(true).open(&file).unwrap();
-    handle.write_all(b" and in flight").unwrap();
-    drop(handle);
+    fs.set_sync_latency(Duration::from_secs(600));
+    append(&file, b" and in flight");
     let mut child = spawn_fdatasync(&file);
     wait_for_syncs_in_flight(&fs, 1);
     // Killed first, then the power goes off: the sync ends with EIO, which the dying process
@@ -254,10 +257,8 @@ fn a_sync_in_flight_when_the_power_goes_off_makes_nothing_durable() {
     );
 
     // A sync that completes before the power goes off keeps what it synced.
-    fs.set_sync_latency(std::time::Duration::from_millis(50));
-    let mut handle = OpenOptions::new().append(true).open(&file).unwrap();
-    handle.write_all(b" and then synced").unwrap();
-    drop(handle);
+    fs.set_sync_latency(Duration::from_millis(50));
+    append(&file, b" and then synced");
     let status = spawn_fdatasync(&file).wait().unwrap();
     assert!(
         status.success(),

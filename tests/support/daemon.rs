@@ -384,8 +384,18 @@ impl Daemon {
 
     /// SIGKILL, then reaps it.
     pub fn kill(&mut self) {
-        if !self.has_exited() {
+        self.kill_and(|| {});
+    }
+
+    /// SIGKILL, then `at_kill` while the process dies (before it is reaped: the power going off
+    /// at the kill itself, say), then reaps it.
+    pub fn kill_and(&mut self, at_kill: impl FnOnce()) {
+        let running = !self.has_exited();
+        if running {
             self.signal(Signal::SIGKILL);
+        }
+        at_kill();
+        if running {
             self.exit = Some(self.child.wait().expect("reaping the killed daemon"));
         }
         self.join_reader();
